@@ -1,0 +1,91 @@
+"""Payload files: figures, images and tables written into the run directory (no backend imports)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+def image_to_png(image: Any, path: Path) -> None:
+    """Save a matplotlib Figure, a PIL image, or an HxW / HxWxC array (uint8, or float in [0, 1]) as PNG."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if hasattr(image, "savefig"):  # matplotlib Figure
+        image.savefig(path, format="png", dpi=getattr(image, "dpi", 100), bbox_inches="tight")
+        return
+    if hasattr(image, "save") and hasattr(image, "mode"):  # PIL.Image
+        image.save(path, format="PNG")
+        return
+    import numpy as np
+    from PIL import Image
+
+    if hasattr(image, "detach"):  # torch tensor, CHW or HWC
+        image = image.detach().cpu().numpy()
+        if image.ndim == 3 and image.shape[0] in (1, 3, 4) and image.shape[-1] not in (1, 3, 4):
+            image = np.transpose(image, (1, 2, 0))
+    if not isinstance(image, np.ndarray):
+        raise TypeError(
+            f"Expected a matplotlib Figure, a PIL image or an image array, but got {type(image).__name__}"
+        )
+    array = image
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
+        raise TypeError(f"Expected an HxW or HxWxC (C in 1, 3, 4) image array, but got shape {array.shape}")
+    if array.dtype != np.uint8:
+        array = np.clip(np.nan_to_num(array.astype("float32")) * 255.0, 0, 255).astype(np.uint8)
+    Image.fromarray(array).save(path, format="PNG")
+
+
+def close_figure(figure: Any) -> None:
+    """Close a matplotlib figure so pyplot does not keep it alive (a no-op for other objects)."""
+    if hasattr(figure, "savefig"):
+        try:
+            import matplotlib.pyplot as plt
+
+            plt.close(figure)
+        except Exception:  # noqa: BLE001 - closing is best effort
+            pass
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, ensure_ascii=False, allow_nan=True, default=repr)
+    os.replace(tmp, path)
+
+
+def render_confusion_matrix_pngs(run_dir: Path, rec: dict[str, Any]) -> list[str]:
+    """Render the counts and row-normalised PNGs of a ``cm`` record if missing; returns their paths.
+
+    Rendering happens in the shipper process, not on the training thread; it is deterministic, so a
+    replay renders the same pictures.
+    """
+    out = []
+    data = None
+    for field, normalize in (("png", False), ("png_norm", True)):
+        rel = rec.get(field)
+        if not rel:
+            continue
+        target = run_dir / rel
+        if not target.exists():
+            if data is None:
+                with open(run_dir / rec["path"], encoding="utf-8") as fh:
+                    data = json.load(fh)
+            import matplotlib
+
+            matplotlib.use("Agg", force=False)
+            from lightning_dualtrack.plots import confusion_matrix_figure
+
+            title = data.get("title") or "Confusion matrix"
+            fig = confusion_matrix_figure(
+                data["matrix"], data["class_names"], normalize=normalize, title=title + (" (row-normalised)" if normalize else "")
+            )
+            try:
+                image_to_png(fig, target)
+            finally:
+                close_figure(fig)
+        out.append(rel)
+    return out

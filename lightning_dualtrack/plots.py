@@ -1,0 +1,348 @@
+"""Pure functions behind the classification report: per-class tables and matplotlib figures.
+
+No Trainer, no logger, no global pyplot state: figures are ``matplotlib.figure.Figure`` objects
+rendered with Agg when saved, so nothing accumulates in pyplot's figure registry and no display is
+needed. The logger (``DualTrackLogger.log_confusion_matrix``) and the callbacks share these.
+
+Conventions:
+
+* A confusion matrix is square, ``matrix[i, j]`` = number of samples of true class ``i`` predicted
+  as class ``j`` (torchmetrics' and scikit-learn's convention).
+* **0/0 policy** (torchmetrics' default ``zero_division=0``, scikit-learn's ``zero_division=0``):
+  a precision, recall or F1 whose denominator is zero is ``0.0``. A class with no true samples is
+  flagged ``absent=True`` in :func:`per_class_metrics`; :func:`summary_metrics` leaves classes that
+  appear neither in the targets nor in the predictions out of macro averages (as torchmetrics does),
+  and the weighted average weights by support, so absent classes weigh nothing there.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+__all__ = [
+    "confusion_matrix_figure",
+    "learning_curve_figure",
+    "per_class_bar_figure",
+    "per_class_csv",
+    "per_class_metrics",
+    "summary_metrics",
+]
+
+PER_CLASS_COLUMNS = ("class", "precision", "recall", "f1", "support", "predicted", "absent")
+
+#: above this many classes, cells carry no numbers (they would be unreadable and slow to draw)
+ANNOTATE_MAX_CLASSES = 40
+#: above this many classes, the axes show class indices instead of names
+TICK_LABEL_MAX_CLASSES = 100
+
+_STAGES = ("train", "val", "validation", "valid", "test", "predict")
+_STAGE_SPLIT = re.compile(r"[/_]")
+
+
+def _as_matrix(matrix: Any) -> np.ndarray:
+    if hasattr(matrix, "detach"):  # torch.Tensor, without importing torch here
+        matrix = matrix.detach().cpu().numpy()
+    array = np.asarray(matrix)
+    if array.ndim != 2 or array.shape[0] != array.shape[1] or array.shape[0] < 1:
+        raise ValueError(f"Expected argument `matrix` to be a square 2-D array, but got shape {array.shape}")
+    if not np.issubdtype(array.dtype, np.number):
+        raise ValueError(f"Expected argument `matrix` to hold numbers, but got dtype {array.dtype}")
+    if np.any(array < 0):
+        raise ValueError("Expected argument `matrix` to hold non-negative counts, but it has negative entries")
+    return array
+
+
+def _class_names(class_names: Sequence[Any] | None, num_classes: int) -> list[str]:
+    if class_names is None:
+        return [str(i) for i in range(num_classes)]
+    names = [str(name) for name in class_names]
+    if len(names) != num_classes:
+        raise ValueError(
+            f"Expected argument `class_names` to have one name per class ({num_classes}), but got {len(names)}"
+        )
+    return names
+
+
+def _safe_divide(num: np.ndarray, denom: np.ndarray) -> np.ndarray:
+    num = num.astype(np.float64)
+    denom = denom.astype(np.float64)
+    out = np.zeros_like(num)
+    np.divide(num, denom, out=out, where=denom != 0)
+    return out
+
+
+def _stat_scores(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    tp = np.diag(matrix).astype(np.float64)
+    fp = matrix.sum(axis=0) - tp
+    fn = matrix.sum(axis=1) - tp
+    return tp, fp, fn
+
+
+def per_class_metrics(matrix: Any, class_names: Sequence[Any] | None) -> list[dict[str, Any]]:
+    """Precision, recall, F1 and support of each class, from a confusion matrix.
+
+    Args:
+        matrix: ``(C, C)`` counts, rows = true class, columns = predicted class (tensor, array or lists).
+        class_names: ``C`` names, or ``None`` for ``"0"``, ``"1"``, ...
+
+    Returns:
+        One dict per class, in class order, with the keys ``class``, ``precision``, ``recall``, ``f1``
+        (floats; ``0.0`` where the denominator is zero), ``support`` (true samples), ``predicted``
+        (samples predicted as the class) and ``absent`` (``True`` when ``support == 0``).
+
+    Example:
+        >>> rows = per_class_metrics([[3, 1], [0, 0]], ["cat", "dog"])
+        >>> rows[0]["precision"], rows[0]["recall"], rows[1]["f1"], rows[1]["absent"]
+        (1.0, 0.75, 0.0, True)
+    """
+    array = _as_matrix(matrix)
+    names = _class_names(class_names, array.shape[0])
+    tp, fp, fn = _stat_scores(array)
+    precision = _safe_divide(tp, tp + fp)
+    recall = _safe_divide(tp, tp + fn)
+    # 2tp / (2tp + fp + fn) equals the harmonic mean wherever both are defined, and is torchmetrics' formula
+    f1 = _safe_divide(2 * tp, 2 * tp + fp + fn)
+    support = array.sum(axis=1)
+    predicted = array.sum(axis=0)
+    return [
+        {
+            "class": names[i],
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+            "predicted": int(predicted[i]),
+            "absent": bool(support[i] == 0),
+        }
+        for i in range(array.shape[0])
+    ]
+
+
+def summary_metrics(matrix: Any) -> dict[str, float]:
+    """Accuracy and macro/weighted averages, as torchmetrics computes them, from a confusion matrix.
+
+    Macro averages skip classes that occur neither in the targets nor in the predictions; weighted
+    averages weight each class by its support. An empty matrix gives zeros.
+
+    Example:
+        >>> summary_metrics([[3, 1], [0, 0]])["acc"]
+        0.75
+    """
+    array = _as_matrix(matrix)
+    tp, fp, fn = _stat_scores(array)
+    total = float(array.sum())
+    support = tp + fn
+    present = (tp + fp + fn) > 0
+
+    def macro(score: np.ndarray) -> float:
+        return float(score[present].mean()) if present.any() else 0.0
+
+    def weighted(score: np.ndarray) -> float:
+        return float((score * support).sum() / support.sum()) if support.sum() > 0 else 0.0
+
+    precision = _safe_divide(tp, tp + fp)
+    recall = _safe_divide(tp, tp + fn)
+    f1 = _safe_divide(2 * tp, 2 * tp + fp + fn)
+    return {
+        "acc": float(tp.sum() / total) if total > 0 else 0.0,
+        "precision_macro": macro(precision),
+        "recall_macro": macro(recall),
+        "f1_macro": macro(f1),
+        "f1_weighted": weighted(f1),
+    }
+
+
+def per_class_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] = PER_CLASS_COLUMNS) -> str:
+    """The rows of :func:`per_class_metrics` as CSV text (header line first)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([row.get(column) for column in columns])
+    return buffer.getvalue()
+
+
+def _square_size(num_classes: int) -> float:
+    return float(min(max(0.45 * num_classes + 3.0, 5.0), 22.0))
+
+
+def _label_fontsize(num_classes: int) -> float:
+    return float(min(10.0, max(4.0, 180.0 / max(num_classes, 1))))
+
+
+def confusion_matrix_figure(
+    matrix: Any,
+    class_names: Sequence[Any] | None,
+    normalize: bool = False,
+    title: str = "Confusion matrix",
+    *,
+    annotate: bool | None = None,
+    cmap: str = "Blues",
+) -> Figure:
+    """A heat map of a confusion matrix (rows: true class, columns: predicted class).
+
+    Sized to the number of classes; class names are drawn on both axes (x labels rotated) up to
+    ``TICK_LABEL_MAX_CLASSES`` classes, class indices beyond that. Cells carry their value up to
+    ``ANNOTATE_MAX_CLASSES`` classes (zero cells are left blank).
+
+    Args:
+        matrix: ``(C, C)`` counts.
+        class_names: ``C`` names, or ``None``.
+        normalize: divide each row by its support (rows of absent classes stay 0), colour scale 0..1.
+        title: axes title.
+        annotate: force cell numbers on or off; by default on up to ``ANNOTATE_MAX_CLASSES`` classes.
+        cmap: matplotlib colour map name.
+
+    Example:
+        >>> fig = confusion_matrix_figure([[5, 1], [2, 7]], ["cat", "dog"], normalize=True)
+        >>> fig.axes[0].get_title()
+        'Confusion matrix'
+    """
+    counts = _as_matrix(matrix)
+    num_classes = counts.shape[0]
+    names = _class_names(class_names, num_classes)
+    if normalize:
+        values = _safe_divide(counts, counts.sum(axis=1, keepdims=True))
+        vmax = 1.0
+    else:
+        values = counts.astype(np.float64)
+        vmax = max(float(values.max()), 1.0)
+    if annotate is None:
+        annotate = num_classes <= ANNOTATE_MAX_CLASSES
+
+    size = _square_size(num_classes)
+    fig = Figure(figsize=(size + 1.2, size), dpi=100, layout="constrained")
+    ax = fig.add_subplot()
+    image = ax.imshow(values, cmap=cmap, vmin=0.0, vmax=vmax, interpolation="nearest", aspect="equal")
+    colorbar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02)
+    colorbar.set_label("fraction of true class" if normalize else "count")
+    ax.set_title(title)
+
+    if num_classes <= TICK_LABEL_MAX_CLASSES:
+        fontsize = _label_fontsize(num_classes)
+        ticks = np.arange(num_classes)
+        ax.set_xticks(ticks, labels=names, rotation=45, ha="right", rotation_mode="anchor", fontsize=fontsize)
+        ax.set_yticks(ticks, labels=names, fontsize=fontsize)
+        ax.set_xlabel("predicted class")
+        ax.set_ylabel("true class")
+    else:
+        ax.set_xlabel("predicted class (index)")
+        ax.set_ylabel("true class (index)")
+
+    if annotate:
+        fontsize = min(10.0, max(5.0, 120.0 / num_classes))
+        for i, j in zip(*np.nonzero(values)):
+            value = values[i, j]
+            text = f"{value:.2f}" if normalize else f"{int(counts[i, j])}"
+            color = "white" if value > 0.5 * vmax else "black"
+            ax.text(j, i, text, ha="center", va="center", color=color, fontsize=fontsize)
+    return fig
+
+
+def per_class_bar_figure(
+    rows: Sequence[Mapping[str, Any]],
+    metric_names: Sequence[str] = ("precision", "recall", "f1"),
+    title: str = "Per-class metrics",
+) -> Figure:
+    """Grouped bars of per-class metrics (the rows of :func:`per_class_metrics`).
+
+    Classes flagged ``absent`` are marked ``*`` in their label. Above ``TICK_LABEL_MAX_CLASSES``
+    classes the x axis shows class indices and each metric is a step line instead of bars.
+
+    Example:
+        >>> rows = per_class_metrics([[3, 1], [0, 2]], ["cat", "dog"])
+        >>> len(per_class_bar_figure(rows).axes[0].patches)
+        6
+    """
+    if not metric_names:
+        raise ValueError("Expected argument `metric_names` to name at least one metric, but got none")
+    num_classes = len(rows)
+    width = float(min(max(0.45 * num_classes * max(len(metric_names), 1) / 3 + 3.0, 6.0), 24.0))
+    fig = Figure(figsize=(width, 4.5), dpi=100, layout="constrained")
+    ax = fig.add_subplot()
+    positions = np.arange(num_classes)
+    bar_width = 0.8 / len(metric_names)
+    for k, metric in enumerate(metric_names):
+        heights = [float(row.get(metric, 0.0)) for row in rows]
+        if num_classes <= TICK_LABEL_MAX_CLASSES:
+            ax.bar(positions + (k - (len(metric_names) - 1) / 2) * bar_width, heights, bar_width, label=metric)
+        else:  # thousands of bars are slow to draw and unreadable: a step line per metric
+            ax.plot(positions, heights, drawstyle="steps-mid", linewidth=0.7, label=metric)
+    ax.set_ylim(0.0, 1.05)
+    ax.set_ylabel("score")
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    if num_classes <= TICK_LABEL_MAX_CLASSES:
+        labels = [f"{row.get('class', i)}{'*' if row.get('absent') else ''}" for i, row in enumerate(rows)]
+        ax.set_xticks(positions, labels=labels, rotation=45, ha="right", rotation_mode="anchor",
+                      fontsize=_label_fontsize(num_classes))
+    else:
+        ax.set_xlabel("class (index)")
+    ax.legend(loc="upper right", fontsize="small", ncols=len(metric_names))
+    if any(row.get("absent") for row in rows):
+        ax.text(0.0, 1.01, "* no true samples", transform=ax.transAxes, fontsize="small", va="bottom")
+    return fig
+
+
+def _split_stage(key: str) -> tuple[str, str]:
+    parts = _STAGE_SPLIT.split(key, maxsplit=1)
+    if len(parts) == 2 and parts[0].lower() in _STAGES and parts[1]:
+        return parts[0], parts[1]
+    return "", key
+
+
+def learning_curve_figure(
+    history: Mapping[str, Sequence[tuple[float, float]]],
+    xlabel: str = "step",
+    title: str = "Learning curves",
+) -> Figure:
+    """One panel per metric, one line per stage: ``train/loss`` and ``val/loss`` share the panel ``loss``.
+
+    Args:
+        history: metric key -> ``[(x, value), ...]``; a key's stage is a leading ``train``/``val``/
+            ``test`` segment separated by ``/`` or ``_``. Non-finite values are skipped.
+        xlabel: label of the x axis (``step`` or ``epoch``).
+        title: figure title.
+
+    Example:
+        >>> fig = learning_curve_figure({"train/loss": [(0, 1.0), (1, 0.5)], "val/loss": [(1, 0.7)]})
+        >>> [ax.get_title() for ax in fig.axes]
+        ['loss']
+    """
+    panels: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    for key, series in history.items():
+        points = [(float(x), float(y)) for x, y in series if math.isfinite(float(y))]
+        if not points:
+            continue
+        stage, base = _split_stage(key)
+        panels.setdefault(base, {})[stage or key] = sorted(points)
+    # losses first: they are what one looks at first
+    order = sorted(panels, key=lambda name: (0 if "loss" in name else 1, name))
+    count = max(len(order), 1)
+    ncols = min(3, count)
+    nrows = math.ceil(count / ncols)
+    fig = Figure(figsize=(4.5 * ncols, 3.4 * nrows), dpi=100, layout="constrained")
+    fig.suptitle(title)
+    if not order:
+        ax = fig.add_subplot()
+        ax.text(0.5, 0.5, "no metrics recorded", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return fig
+    for index, name in enumerate(order):
+        ax = fig.add_subplot(nrows, ncols, index + 1)
+        for label, points in sorted(panels[name].items()):
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, marker="o" if len(points) < 50 else None, markersize=3, label=label)
+        ax.set_title(name)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    return fig

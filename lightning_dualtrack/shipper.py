@@ -1,0 +1,451 @@
+"""Delivery: read the journal, hand records to each sink, retry, and remember how far each sink got.
+
+One worker thread per sink, so a sink that is down or slow never holds back the other. Each worker
+keeps an ack offset (``state/<sink>.json``: the journal byte offset up to which the sink has stored
+everything), written atomically after each delivered batch. Delivery is at-least-once and the sinks'
+replays are idempotent (MLflow deduplicates identical metric rows; params, tags and artifacts are
+overwritten with the same content), so a replay stores nothing twice.
+
+The logger starts this module as a child process (``python -m lightning_dualtrack.shipper --follow``)
+so that serialising and sending never competes with the training loop for the GIL; ``dualtrack sync``
+runs the same code in the foreground on a finished, crashed or offline run directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from lightning_dualtrack.journal import Entry, JournalReader, now_ms, repair_torn_tail
+from lightning_dualtrack.sinks.base import PermanentError, RunContext, Sink, TransientError, read_json, write_json_atomic
+
+STATE_DIR = "state"
+LOCK_FILE = "shipper.lock"
+MAX_BATCH = 20_000
+
+
+def state_path(run_dir: Path, sink: str) -> Path:
+    return Path(run_dir) / STATE_DIR / f"{sink}.json"
+
+
+def load_state(run_dir: Path, sink: str) -> dict[str, Any]:
+    return read_json(state_path(run_dir, sink), default={}) or {}
+
+
+class Backoff:
+    """Exponential backoff with a cap: 0.5, 1, 2, 4 ... max_s seconds."""
+
+    def __init__(self, first_s: float = 0.5, max_s: float = 15.0) -> None:
+        self.first_s, self.max_s, self.n = first_s, max_s, 0
+
+    def next(self) -> float:
+        delay = min(self.max_s, self.first_s * (2**self.n))
+        self.n += 1
+        return delay
+
+    def reset(self) -> None:
+        self.n = 0
+
+    def after(self, err: BaseException) -> float:
+        """The next delay, or longer if the server asked for it (``Retry-After``, capped at 60 s)."""
+        delay = self.next()
+        retry_after = getattr(err, "retry_after", None)
+        return max(delay, min(float(retry_after), 60.0)) if retry_after else delay
+
+
+class Links:
+    """Each sink's public identity, shared between the workers for cross-linking."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._identities: dict[str, dict[str, Any]] = {}
+
+    def publish(self, name: str, identity: dict[str, Any]) -> None:
+        with self._lock:
+            self._identities[name] = dict(identity)
+
+    def others(self, name: str) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            return {k: dict(v) for k, v in self._identities.items() if k != name}
+
+
+class SinkWorker(threading.Thread):
+    """Delivers the journal to one sink."""
+
+    def __init__(
+        self,
+        ctx: RunContext,
+        make_sink: Callable[[RunContext], Sink],
+        name: str,
+        links: Links,
+        stop: threading.Event,
+        follow: bool,
+        parent_pid: int | None = None,
+        poll_interval: float = 1.0,
+        health_interval: float = 15.0,
+        give_up_after: float | None = None,
+        log: Callable[[str], None] = print,
+    ) -> None:
+        super().__init__(name=f"dualtrack-{name}", daemon=True)
+        self.ctx, self.make_sink, self.sink_name = ctx, make_sink, name
+        self.links, self.stop, self.follow = links, stop, follow
+        self.parent_pid, self.poll_interval, self.health_interval = parent_pid, poll_interval, health_interval
+        self.give_up_after = give_up_after
+        self.log = log
+        self.reader = JournalReader(ctx.run_dir)
+        self.state = load_state(ctx.run_dir, name)
+        self.state.setdefault("offset", 0)
+        for key in ("delivered", "failed", "retries", "requests", "bytes"):
+            self.state.setdefault(key, 0)
+        self.sink: Sink | None = None
+        self._linked: dict[str, dict[str, Any]] = dict(self.state.get("linked") or {})
+        self._t0 = time.monotonic()
+        self._last_health = 0.0
+        self._last_step: int | None = self.state.get("last_step")
+        self.done = False
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+    def save(self, **changes: Any) -> None:
+        self.state.update(changes)
+        self.state["updated_ms"] = now_ms()
+        if self.sink is not None:
+            self.state["requests"] = self.state.get("requests_base", 0) + self.sink.requests
+            self.state["bytes"] = self.state.get("bytes_base", 0) + self.sink.bytes_uploaded
+        write_json_atomic(state_path(self.ctx.run_dir, self.sink_name), self.state)
+
+    def _gave_up(self) -> bool:
+        return self.give_up_after is not None and time.monotonic() - self._t0 > self.give_up_after
+
+    def _parent_gone(self) -> bool:
+        return self.parent_pid is not None and os.getppid() != self.parent_pid
+
+    def _wait(self, seconds: float) -> bool:
+        """Sleep; True if we should stop."""
+        return self.stop.wait(seconds)
+
+    # -- the loop ------------------------------------------------------------------------------
+    def run(self) -> None:
+        try:
+            self._run()
+        except Exception as err:  # noqa: BLE001 - a worker must never die silently
+            self.log(f"[dualtrack] {self.sink_name}: delivery stopped by an unexpected error: {err!r}")
+            self.save(last_error=f"{type(err).__name__}: {err}")
+        finally:
+            self.done = True
+
+    def _open(self) -> bool:
+        backoff = Backoff()
+        while True:
+            try:
+                self.sink = self.make_sink(self.ctx)
+                identity = self.sink.open(dict(self.state.get("identity") or {}))
+                self.state["requests_base"] = self.state.get("requests", 0)
+                self.state["bytes_base"] = self.state.get("bytes", 0)
+                reason = getattr(self.sink, "fallback_reason", None)
+                if reason:
+                    self.log(f"[dualtrack] {self.sink_name}: {reason}")
+                self.save(identity=identity, open=True, last_error=None)
+                self.links.publish(self.sink_name, identity)
+                self.log(f"[dualtrack] {self.sink_name}: run open after {time.monotonic() - self._t0:.2f} s: {identity.get('url') or identity.get('dir') or identity.get('run_id')}")
+                return True
+            except (ModuleNotFoundError, PermanentError) as err:
+                self.log(f"[dualtrack] {self.sink_name}: cannot open the run: {err}")
+                self.save(last_error=str(err), open=False)
+                return False
+            except Exception as err:  # noqa: BLE001 - transient: server down, timeout...
+                self.sink = None
+                self.state["retries"] = self.state.get("retries", 0) + 1
+                self.save(last_error=str(err)[:500], open=False)
+                if self._wait(backoff.after(err)) or self._gave_up():
+                    return False
+                if self._parent_gone() and self.follow:
+                    # keep trying for a while: the journal is durable, and sync can finish the job
+                    pass
+
+    def _restore_prefix(self) -> None:
+        """Replay the key map of records that were delivered before this process started."""
+        offset = self.state["offset"]
+        if offset <= 0:
+            return
+        entries, _ = self.reader.read(0)
+        prefix = [e for e in entries if e.offset <= offset and e.record.get("k") == "keymap"]
+        if prefix:
+            self.sink.deliver(prefix)
+
+    def _link(self) -> None:
+        for other, identity in self.links.others(self.sink_name).items():
+            if self._linked.get(other) == identity:
+                continue
+            try:
+                self.sink.link(other, identity)
+                self._linked[other] = identity
+                self.save(linked=self._linked)
+            except Exception as err:  # noqa: BLE001 - retried on the next pass
+                self.state["last_error"] = f"cross-link: {err}"[:500]
+
+    def _deliver(self, entries: list[Entry]) -> bool:
+        """Deliver entries (retrying transient failures); False if we were told to stop first."""
+        backoff = Backoff()
+        while entries:
+            try:
+                self.sink.progress = 0
+                self.sink.deliver(entries)
+                return True
+            except TransientError as err:
+                done = getattr(self.sink, "progress", 0) or 0
+                if done:
+                    self._ack(entries[done - 1])
+                    entries = entries[done:]
+                self.state["retries"] += 1
+                self.save(last_error=str(err)[:500])
+                if self._wait(backoff.after(err)) or self._gave_up():
+                    return False
+            except PermanentError as err:
+                if len(entries) == 1:
+                    self._record_failure(entries[0], err)
+                    return True
+                half = len(entries) // 2
+                if not self._deliver(entries[:half]):
+                    return False
+                self._ack(entries[half - 1])
+                entries = entries[half:]
+        return True
+
+    def _record_failure(self, entry: Entry, err: Exception) -> None:
+        self.state["failed"] += 1
+        self.log(f"[dualtrack] {self.sink_name}: a '{entry.record.get('k')}' record was rejected: {err}")
+        path = Path(self.ctx.run_dir) / STATE_DIR / f"{self.sink_name}.failed.jsonl"
+        import json
+
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"offset": entry.offset, "error": str(err), "record": entry.record}, default=repr) + "\n")
+
+    def _ack(self, last: Entry) -> None:
+        self.save(offset=last.offset, last_step=self._last_step, last_delivery_ms=now_ms())
+
+    def _health(self) -> None:
+        now = time.monotonic()
+        if now - self._last_health < self.health_interval:
+            return
+        self._last_health = now
+        pending = max(0, self.reader.size() - self.state["offset"])
+        latency = (now_ms() - self.state["last_record_ms"]) / 1000 if self.state.get("last_record_ms") else 0.0
+        health = {
+            "pending_bytes": pending,
+            "delivery_latency_s": max(0.0, latency),
+            "requests": float(self.sink.requests),
+            "retries": float(self.state["retries"]),
+            "failures": float(self.state["failed"]),
+            "bytes_uploaded": float(self.sink.bytes_uploaded),
+        }
+        try:
+            self.sink.report_health(health, self._last_step)
+        except Exception:  # noqa: BLE001 - health is best effort
+            pass
+
+    def _run(self) -> None:
+        if not self._open():
+            return
+        self._restore_prefix()
+        self._link()
+        status = self.state.get("last_status", "running")
+        while True:
+            entries, new_offset = self.reader.read(self.state["offset"], max_records=MAX_BATCH)
+            if entries:
+                for e in entries:
+                    kind = e.record.get("k")
+                    if kind == "end":
+                        status = e.record.get("status", "success")
+                    elif kind == "start":
+                        status = "running"
+                    elif kind == "metrics" and e.record.get("s") is not None:
+                        self._last_step = e.record["s"]
+                if not self._deliver(entries):
+                    break
+                self.state["delivered"] += len(entries)
+                self.state["last_record_ms"] = entries[-1].record.get("t")
+                self._ack(entries[-1])
+                self.save(last_status=status, closed=False, last_error=None)
+                self._link()
+                self._health()
+                if len(entries) >= MAX_BATCH:
+                    continue
+            # caught up with the journal
+            self._link()
+            self._health()
+            finished = status != "running"
+            if finished or not self.follow or self._parent_gone():
+                if not finished and self.follow:
+                    # the training process died without finalize: one last look, then mark it crashed
+                    time.sleep(0.2)
+                    more, _ = self.reader.read(self.state["offset"], max_records=1)
+                    if more:
+                        continue
+                close_status = status if finished else None
+                self._close(close_status)
+                return
+            if self._wait(self.poll_interval):
+                break
+        self._abandon()
+
+    def _close(self, status: str | None) -> None:
+        backoff = Backoff()
+        while True:
+            try:
+                self.sink.close(status)
+                self.save(closed=True, final_status=status or "crashed", open=False)
+                self.log(
+                    f"[dualtrack] {self.sink_name}: closed ({status or 'crashed'}) after {time.monotonic() - self._t0:.2f} s, "
+                    f"{self.state['delivered']} records delivered, {self.state['failed']} rejected, {self.state['retries']} retries"
+                )
+                return
+            except Exception as err:  # noqa: BLE001
+                self.state["retries"] += 1
+                self.save(last_error=f"close: {err}"[:500])
+                if self._wait(backoff.next()) or self._gave_up():
+                    self._abandon()
+                    return
+
+    def _abandon(self) -> None:
+        if self.sink is not None:
+            try:
+                self.sink.abandon()
+            except Exception:  # noqa: BLE001
+                pass
+            self.save(open=False)
+
+
+def make_sink_factories(ctx: RunContext, only: set[str] | None = None) -> dict[str, Callable[[RunContext], Sink]]:
+    factories: dict[str, Callable[[RunContext], Sink]] = {}
+    if ctx.settings.get("mlflow", {}).get("enabled") and (only is None or "mlflow" in only):
+
+        def mlflow_sink(c: RunContext) -> Sink:
+            from lightning_dualtrack.sinks.mlflow import MlflowSink
+
+            return MlflowSink(c)
+
+        factories["mlflow"] = mlflow_sink
+    if ctx.settings.get("wandb", {}).get("enabled") and (only is None or "wandb" in only):
+
+        def wandb_sink(c: RunContext) -> Sink:
+            from lightning_dualtrack.sinks.wandb import WandbSink
+
+            return WandbSink(c)
+
+        factories["wandb"] = wandb_sink
+    return factories
+
+
+class ShipperBusy(RuntimeError):
+    """Another process is delivering this run."""
+
+
+def acquire_lock(run_dir: Path) -> int:
+    """Hold ``state/shipper.lock`` for this process: two shippers must not deliver one run at once."""
+    (run_dir / STATE_DIR).mkdir(parents=True, exist_ok=True)
+    path = run_dir / STATE_DIR / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        holder = Path(path).read_text().strip() or "?"
+        raise ShipperBusy(f"another process (pid {holder}) is delivering {run_dir}; wait for it or stop it") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
+
+
+def run_shipper(
+    run_dir: str | os.PathLike,
+    follow: bool = False,
+    parent_pid: int | None = None,
+    poll_interval: float | None = None,
+    give_up_after: float | None = None,
+    only: set[str] | None = None,
+    log: Callable[[str], None] = print,
+    stop: threading.Event | None = None,
+    lock_wait: float = 0.0,
+) -> dict[str, dict[str, Any]]:
+    """Deliver a run directory's journal to its sinks; returns each sink's final state."""
+    run_dir = Path(run_dir)
+    ctx = RunContext.load(run_dir)
+    deadline = time.monotonic() + lock_wait
+    while True:
+        try:
+            lock_fd = acquire_lock(run_dir)
+            break
+        except ShipperBusy:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)
+    try:
+        if not follow:
+            repair_torn_tail(run_dir)
+        stop = stop or threading.Event()
+        links = Links()
+        for name in ("mlflow", "wandb"):  # identities known from earlier sessions
+            identity = load_state(run_dir, name).get("identity")
+            if identity:
+                links.publish(name, identity)
+        interval = poll_interval if poll_interval is not None else float(ctx.settings.get("flush_interval", 1.0))
+        workers = [
+            SinkWorker(ctx, factory, name, links, stop, follow, parent_pid, interval, give_up_after=give_up_after, log=log)
+            for name, factory in make_sink_factories(ctx, only).items()
+        ]
+        for w in workers:
+            w.start()
+        while any(w.is_alive() for w in workers):
+            for w in workers:
+                w.join(timeout=0.2)
+            if stop.is_set():
+                # bounded: a worker stuck in a network call is left behind (its acks are on disk)
+                end = time.monotonic() + 5.0
+                for w in workers:
+                    w.join(timeout=max(0.0, end - time.monotonic()))
+                break
+        return {w.sink_name: dict(w.state) for w in workers}
+    finally:
+        os.close(lock_fd)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lightning_dualtrack.shipper")
+    parser.add_argument("run_dir")
+    parser.add_argument("--follow", action="store_true", help="keep tailing the journal until the run ends")
+    parser.add_argument("--parent-pid", type=int, default=None)
+    parser.add_argument("--nice", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.nice:
+        try:
+            os.nice(args.nice)
+        except OSError:
+            pass
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the training process; we drain
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    # the logger may start us before it has written run.json; wait briefly
+    for _ in range(100):
+        if (Path(args.run_dir) / "run.json").exists():
+            break
+        time.sleep(0.05)
+    run_shipper(args.run_dir, follow=args.follow, parent_pid=args.parent_pid, log=log, stop=stop, lock_wait=30.0)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # do not wait for threads stuck in a network call
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,95 @@
+"""What every sink shares: the run context, the error classes and the interface the shipper drives."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lightning_dualtrack.journal import Entry
+
+RUN_FILE = "run.json"
+STATUS_TO_EXIT = {"success": 0, "failed": 1, "aborted": 255}
+
+
+class TransientError(Exception):
+    """Delivery failed for a reason that may pass (network, 5xx, 429, timeout): retry the batch."""
+
+
+class PermanentError(Exception):
+    """Delivery failed for a reason that will not pass (invalid request): the shipper isolates the record."""
+
+
+def read_json(path: Path, default: Any = None) -> Any:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except (FileNotFoundError, ValueError):
+        return default
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON so that a reader never sees half a file (tmp file + rename)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=1, sort_keys=True, default=repr)
+    os.replace(tmp, path)
+
+
+@dataclass
+class RunContext:
+    """The static description of a run (``run.json``), shared by the facade, the shipper and the sinks."""
+
+    run_dir: Path
+    settings: dict[str, Any]
+    links: dict[str, dict[str, Any]] = field(default_factory=dict)  # sink name -> its public identity
+
+    @classmethod
+    def load(cls, run_dir: str | os.PathLike) -> RunContext:
+        run_dir = Path(run_dir)
+        settings = read_json(run_dir / RUN_FILE)
+        if settings is None:
+            raise FileNotFoundError(f"{run_dir} is not a dualtrack run directory (no {RUN_FILE})")
+        return cls(run_dir=run_dir, settings=settings)
+
+    @property
+    def run_id(self) -> str:
+        return self.settings["run_id"]
+
+    def artifact_file(self, rel: str) -> Path:
+        return self.run_dir / rel
+
+
+class Sink:
+    """One backend. Only a sink module imports its backend; the shipper calls these in one thread."""
+
+    name = "base"
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+        self.requests = 0
+        self.bytes_uploaded = 0
+        self.progress = 0  # entries of the current deliver() call already stored (for partial retries)
+
+    def open(self, state: dict[str, Any]) -> dict[str, Any]:
+        """Create or resume the backend run; ``state`` is what a previous ``open`` returned (or {})."""
+        raise NotImplementedError
+
+    def deliver(self, entries: list[Entry]) -> None:
+        """Deliver records (all or nothing as far as a retry is concerned: replays must be idempotent)."""
+        raise NotImplementedError
+
+    def link(self, other: str, identity: dict[str, Any]) -> None:
+        """Record the other backend's run identity in this backend's run (cross-linking)."""
+
+    def report_health(self, health: dict[str, float], step: int | None) -> None:
+        """Record the shipper's own health figures (``dualtrack/...``)."""
+
+    def close(self, status: str | None) -> None:
+        """End the backend run; ``status`` is success | failed | aborted, None for a run that crashed."""
+        raise NotImplementedError
+
+    def abandon(self) -> None:
+        """Release resources without ending the run (the shipper is stopping with work pending)."""

@@ -1,0 +1,318 @@
+"""MLflow sink: journal records -> ``log_batch`` requests, artifacts, run status, model registry.
+
+With ``models.py``'s helper below, the only module that imports ``mlflow``, and only when it needs
+to: metrics, params, tags and run status go through :mod:`lightning_dualtrack.sinks.mlflow_api`
+(plain REST for ``http(s)`` servers); artifacts and the model registry use ``MlflowClient``, whose
+own HTTP retries are turned off (``MLFLOW_HTTP_REQUEST_MAX_RETRIES=0``, a short timeout): the shipper
+retries with its own backoff, so a slow or dead server delays delivery instead of blocking for minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from lightning_dualtrack._imports import _MLFLOW_AVAILABLE
+from lightning_dualtrack.journal import Entry
+from lightning_dualtrack.normalize import MLFLOW_MAX_TAG_VALUE, KeyMap, param_text
+from lightning_dualtrack.redact import strip_url_credentials
+from lightning_dualtrack.sinks.base import PermanentError, RunContext, Sink
+from lightning_dualtrack.sinks.mlflow_api import ClientApi, RestApi, classify
+
+MAX_METRICS = 1000
+MAX_PARAMS = 100
+MAX_TAGS = 100
+MAX_ENTITIES = 1000
+MAX_BODY_BYTES = 900_000  # MLflow's limit is 1 MB; keep a margin for JSON overhead
+_STATUS = {"success": "FINISHED", "failed": "FAILED", "aborted": "KILLED", None: "FAILED"}
+
+
+def configure_client_env(timeout_s: int = 10) -> None:
+    """Make MLflow's client fail fast; the shipper owns retries. Called before ``import mlflow``."""
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(timeout_s))
+    os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+
+
+def run_url(tracking_uri: str | None, experiment_id: str, run_id: str) -> str:
+    """Where a person finds the run in the MLflow UI."""
+    base = strip_url_credentials(tracking_uri) or ""
+    if base.startswith(("http://", "https://")):
+        return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"mlflow ui --backend-store-uri {base}  ->  http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def chunk_batch(metrics: list, params: list, tags: list) -> list[tuple[list, list, list]]:
+    """Split entities into requests within MLflow's ``log_batch`` limits (count and body size).
+
+    Entities are tuples whose first two items are key and value.
+    """
+    chunks: list[tuple[list, list, list]] = []
+    cur: tuple[list, list, list] = ([], [], [])
+    size = 0
+
+    def flush() -> None:
+        nonlocal cur, size
+        if any(cur):
+            chunks.append(cur)
+        cur, size = ([], [], []), 0
+
+    for kind, items, limit in ((1, params, MAX_PARAMS), (2, tags, MAX_TAGS), (0, metrics, MAX_METRICS)):
+        for item in items:
+            item_size = len(item[0]) + (len(item[1]) if isinstance(item[1], str) else 24) + 64
+            total = len(cur[0]) + len(cur[1]) + len(cur[2])
+            if len(cur[kind]) >= limit or total >= MAX_ENTITIES or size + item_size > MAX_BODY_BYTES:
+                flush()
+            cur[kind].append(item)
+            size += item_size
+    flush()
+    return chunks
+
+
+class MlflowSink(Sink):
+    name = "mlflow"
+
+    def __init__(self, ctx: RunContext, tracking_uri: str | None = None) -> None:
+        super().__init__(ctx)
+        configure_client_env()
+        cfg = ctx.settings.get("mlflow", {})
+        self.tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or cfg.get("tracking_uri")
+        if str(self.tracking_uri).startswith(("http://", "https://")):
+            self.api: Any = RestApi(self.tracking_uri)
+        else:
+            self.api = ClientApi(self.client)
+        self.keys = KeyMap()
+        self.run_id: str | None = None
+        self.experiment_id: str | None = None
+        self._params_logged: dict[str, str] = {}
+
+    @property
+    def client(self):
+        """``MlflowClient``, imported on first use (artifacts, registry, non-HTTP stores)."""
+        if getattr(self, "_client", None) is None:
+            if not _MLFLOW_AVAILABLE:
+                raise ModuleNotFoundError(str(_MLFLOW_AVAILABLE))
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+        return self._client
+
+    def _client_call(self, fn, *args, **kwargs):
+        self.requests += 1
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - every client error becomes Transient or Permanent
+            raise classify(err) from err
+
+    @property
+    def requests(self) -> int:
+        return self._requests + getattr(getattr(self, "api", None), "requests", 0)
+
+    @requests.setter
+    def requests(self, value: int) -> None:
+        self._requests = value - getattr(getattr(self, "api", None), "requests", 0)
+
+    # -- run lifecycle -------------------------------------------------------------------------
+    def open(self, state: dict[str, Any]) -> dict[str, Any]:
+        s = self.ctx.settings
+        self.experiment_id = state.get("experiment_id") or self.api.experiment_id(s["experiment_name"])
+        # A create whose answer was lost must not make a second run: look for ours first.
+        run_id = state.get("run_id") or self.api.find_run(self.experiment_id, self.ctx.run_id)
+        if run_id is None:
+            tags = {"dualtrack.run_id": self.ctx.run_id, "dualtrack.run_dir": str(self.ctx.run_dir.resolve())}
+            for key, value in (s.get("tags") or {}).items():
+                tags[self.keys.add(str(key))[0]] = str(value)[:MLFLOW_MAX_TAG_VALUE]
+            if s.get("run_name"):
+                tags["mlflow.runName"] = s["run_name"]
+            run_id = self.api.create_run(self.experiment_id, s.get("created_ms"), tags, s.get("run_name"))
+        else:
+            self.api.set_status(run_id, "RUNNING")
+        self.run_id = run_id
+        return {
+            "run_id": run_id,
+            "experiment_id": self.experiment_id,
+            "tracking_uri": strip_url_credentials(self.tracking_uri),
+            "url": run_url(self.tracking_uri, self.experiment_id, run_id),
+        }
+
+    def link(self, other: str, identity: dict[str, Any]) -> None:
+        tags = [(f"{other}.{k}", str(v)) for k, v in sorted(identity.items()) if v is not None]
+        if tags:
+            self.api.log_batch(self.run_id, tags=tags)
+
+    def close(self, status: str | None) -> None:
+        self._upload_key_map()
+        import time
+
+        self.api.set_status(self.run_id, _STATUS.get(status, "FAILED"), end_time=int(time.time() * 1000))
+
+    def report_health(self, health: dict[str, float], step: int | None) -> None:
+        import time
+
+        ts = int(time.time() * 1000)
+        metrics = [(f"dualtrack/mlflow/{k}", float(v), ts, step or 0) for k, v in sorted(health.items())]
+        self.api.log_batch(self.run_id, metrics=metrics)
+
+    # -- delivery ------------------------------------------------------------------------------
+    def deliver(self, entries: list[Entry]) -> None:
+        metrics: list = []
+        params: list = []
+        tags: list = []
+        new_params: dict[str, str] = {}
+
+        def flush() -> None:
+            for m, p, t in chunk_batch(metrics, params, tags):
+                self.api.log_batch(self.run_id, metrics=m, params=p, tags=t)
+                self.bytes_uploaded += sum(len(x[0]) + len(str(x[1])) for x in (*m, *p, *t))
+            self._params_logged.update(new_params)
+            metrics.clear()
+            params.clear()
+            tags.clear()
+            new_params.clear()
+
+        keys = self.keys.forward
+        for entry in entries:
+            rec = entry.record
+            kind = rec.get("k")
+            if kind == "metrics":
+                ts, step = rec["t"], rec.get("s") or 0
+                for key, value in rec["v"].items():
+                    metrics.append((keys.get(key, key), value, ts, step))
+            elif kind == "keymap":
+                for key, stored in rec["v"].items():
+                    self.keys.restore(key, stored)
+            elif kind == "params":
+                for key, value in rec["v"].items():
+                    stored = keys.get(key, key)
+                    text = rec.get("mlflow", {}).get(key) or param_text(value)
+                    if self._params_logged.get(stored) == text or new_params.get(stored) == text:
+                        continue
+                    new_params[stored] = text
+                    params.append((stored, text))
+            elif kind == "tags":
+                for key, value in rec["v"].items():
+                    tags.append((keys.get(key, key), str(value)[:MLFLOW_MAX_TAG_VALUE]))
+            elif kind in ("file", "image", "table", "cm", "model", "register"):
+                flush()
+                getattr(self, f"_deliver_{kind}")(rec)
+        flush()
+
+    def _upload(self, rel_path: str, artifact_dir: str | None = None) -> None:
+        path = self.ctx.artifact_file(rel_path)
+        if not path.exists():
+            raise PermanentError(f"payload file {path} is missing (deleted after it was logged?)")
+        if artifact_dir is None:
+            parent = Path(rel_path).parent
+            artifact_dir = str(parent.relative_to("artifacts")) if parent.parts[:1] == ("artifacts",) else str(parent)
+            artifact_dir = None if artifact_dir in ("", ".") else artifact_dir
+        files = [(path, artifact_dir)]
+        if path.is_dir():
+            files = [
+                (f, "/".join(p for p in (artifact_dir, *f.parent.relative_to(path).parts) if p) or None)
+                for f in sorted(path.rglob("*"))
+                if f.is_file()
+            ]
+        for file, dest in files:
+            if not self._upload_rest(file, dest):
+                self._client_call(self.client.log_artifact, self.run_id, str(file), dest)
+            self.bytes_uploaded += file.stat().st_size
+
+    def _upload_rest(self, file: Path, artifact_dir: str | None) -> bool:
+        """Upload without importing mlflow when the server proxies artifacts (the common server setup)."""
+        if not isinstance(self.api, RestApi):
+            return False
+        if getattr(self, "_artifact_uri", None) is None:
+            self._artifact_uri = self.api.artifact_uri(self.run_id)
+        return self.api.upload_artifact(self._artifact_uri, str(file), artifact_dir)
+
+    def _deliver_file(self, rec: dict[str, Any]) -> None:
+        self._upload(rec["path"])
+
+    def _deliver_image(self, rec: dict[str, Any]) -> None:
+        self._upload(rec["path"])
+
+    def _deliver_table(self, rec: dict[str, Any]) -> None:
+        self._upload(rec["path"])
+        for media in rec.get("media", []):
+            self._upload(media)
+
+    def _deliver_cm(self, rec: dict[str, Any]) -> None:
+        from lightning_dualtrack.media import render_confusion_matrix_pngs
+
+        for rel in render_confusion_matrix_pngs(self.ctx.run_dir, rec):
+            self._upload(rel)
+        self._upload(rec["path"])
+        if rec.get("csv"):
+            self._upload(rec["csv"])
+
+    def _deliver_model(self, rec: dict[str, Any]) -> None:
+        self._upload(rec["path"], rec["ap"])
+        if rec.get("registered_model_name"):
+            self._deliver_register(
+                {
+                    "name": rec["registered_model_name"],
+                    "ap": rec["ap"],
+                    "description": rec.get("description"),
+                    "aliases": rec.get("registry_aliases") or [],
+                }
+            )
+
+    def _deliver_register(self, rec: dict[str, Any]) -> None:
+        name = rec["name"]
+        client = self.client
+        try:
+            self._client_call(client.create_registered_model, name)
+        except PermanentError:
+            pass  # already exists
+        if rec.get("model_uri"):
+            source = rec["model_uri"]
+        else:
+            run = self._client_call(client.get_run, self.run_id)
+            source = f"{run.info.artifact_uri.rstrip('/')}/{rec['ap']}"
+        # Idempotent on replay: reuse this run's version with the same source.
+        versions = self._client_call(client.search_model_versions, f"name='{name}' and run_id='{self.run_id}'")
+        version = next((v for v in versions if v.source == source), None)
+        if version is None:
+            version = self._client_call(client.create_model_version, name, source, run_id=self.run_id, description=rec.get("description"))
+        for alias in rec.get("aliases") or []:
+            self._client_call(client.set_registered_model_alias, name, alias, version.version)
+
+    def _upload_key_map(self) -> None:
+        changed = self.keys.changed()
+        if not changed:
+            return
+        target = self.ctx.run_dir / "artifacts" / "dualtrack" / "key_map.json"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps({"mlflow": changed}, indent=1, sort_keys=True, ensure_ascii=False))
+        self._upload(str(target.relative_to(self.ctx.run_dir)))
+
+
+def save_pytorch_model(model: Any, path: Path, signature: Any = None, input_example: Any = None) -> None:
+    """Write ``model`` as an MLflow PyTorch model directory (MLmodel, weights, requirements).
+
+    Runs in the caller's process (the model lives there); the shipper uploads the directory.
+    ``signature`` may be an MLflow ``ModelSignature`` or "infer" (from ``input_example``).
+    """
+    if not _MLFLOW_AVAILABLE:
+        raise ModuleNotFoundError(str(_MLFLOW_AVAILABLE))
+    import mlflow.pytorch
+
+    if signature == "infer" and input_example is not None:
+        import numpy as np
+        import torch
+        from mlflow.models import infer_signature
+
+        example = input_example.detach().cpu().numpy() if hasattr(input_example, "detach") else np.asarray(input_example)
+        with torch.no_grad():
+            was_training = model.training
+            model.eval()
+            out = model(torch.as_tensor(example).to(next(model.parameters()).device))
+            model.train(was_training)
+        signature = infer_signature(example, out.detach().float().cpu().numpy())
+        input_example = example
+    elif input_example is not None and hasattr(input_example, "detach"):
+        input_example = input_example.detach().cpu().numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mlflow.pytorch.save_model(model, str(path), signature=signature, input_example=input_example)

@@ -1,0 +1,246 @@
+"""Weights & Biases sink: journal records -> history rows, config, summary, media, artifacts.
+
+The only module that imports ``wandb``. Rows carry ``trainer/global_step`` as a value and every other
+metric is defined against it (``define_metric("*", step_metric=..., step_sync=True)``), so a row whose
+step is lower than the previous one (validation after training, a resumed run) is kept, not dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from lightning_dualtrack._imports import _WANDB_AVAILABLE
+from lightning_dualtrack.journal import Entry
+from lightning_dualtrack.sinks.base import STATUS_TO_EXIT, PermanentError, RunContext, Sink, TransientError
+
+STEP_KEY = "trainer/global_step"
+_MAX_TAG = 64
+
+
+def _quiet_env() -> None:
+    os.environ.setdefault("WANDB_SILENT", "true")
+    os.environ.setdefault("WANDB_CONSOLE", "off")
+    os.environ.setdefault("WANDB_DISABLE_GIT", "true")
+    os.environ.setdefault("WANDB_DISABLE_CODE", "true")
+
+
+class WandbSink(Sink):
+    name = "wandb"
+
+    def __init__(self, ctx: RunContext, init_timeout: float = 30.0) -> None:
+        super().__init__(ctx)
+        if not _WANDB_AVAILABLE:
+            raise ModuleNotFoundError(str(_WANDB_AVAILABLE))
+        _quiet_env()
+        cfg = ctx.settings.get("wandb", {})
+        self.project = cfg.get("project") or ctx.settings["experiment_name"]
+        self.entity = cfg.get("entity")
+        self.group = cfg.get("group")
+        self.mode = cfg.get("mode", "offline")
+        self.init_timeout = init_timeout
+        self.run = None
+        self._row: dict[str, Any] = {}
+        self._row_step: int | None = None
+
+    # -- run lifecycle -------------------------------------------------------------------------
+    def _settings(self, mode: str):
+        import wandb
+
+        return wandb.Settings(
+            silent=True,
+            console="off",
+            disable_git=True,
+            disable_code=True,
+            save_code=False,
+            x_disable_stats=True,  # the shipper's process is not the training process
+            x_disable_meta=True,  # we write our own metadata, with secrets redacted
+            x_disable_machine_info=True,
+            x_save_requirements=False,
+            init_timeout=self.init_timeout,
+            mode=mode,
+        )
+
+    def open(self, state: dict[str, Any]) -> dict[str, Any]:
+        import wandb
+
+        s = self.ctx.settings
+        tags = [f"{k}:{v}"[:_MAX_TAG] for k, v in (s.get("tags") or {}).items()]
+        kwargs = dict(
+            project=self.project,
+            entity=self.entity,
+            group=self.group,
+            name=s.get("run_name"),
+            id=self.ctx.run_id,
+            dir=str(self.ctx.run_dir),
+            tags=tags or None,
+            resume="allow",
+            config={"dualtrack/run_id": self.ctx.run_id},
+            reinit="create_new",
+        )
+        try:
+            self.run = wandb.init(settings=self._settings(self.mode), **kwargs)
+        except Exception as err:  # noqa: BLE001 - any init failure
+            if self.mode != "online":
+                raise TransientError(f"wandb.init failed: {err}") from err
+            # Documented fallback: online init failed (no network / credentials) -> record offline,
+            # upload later with `wandb sync`.
+            self.mode = "offline"
+            self.run = wandb.init(settings=self._settings("offline"), **kwargs)
+            self.fallback_reason = f"W&B online init failed ({type(err).__name__}: {str(err)[:200]}); recording offline"
+        self.run.define_metric(STEP_KEY, hidden=False)
+        self.run.define_metric("*", step_metric=STEP_KEY, step_sync=True)
+        offline_dir = os.path.dirname(self.run.dir) if self.run.dir else None
+        return {
+            "run_id": self.run.id,
+            "project": self.run.project or self.project,
+            "entity": self.run.entity or self.entity,
+            "url": self.run.url if self.mode == "online" else None,
+            "mode": self.mode,
+            "dir": offline_dir,
+        }
+
+    def link(self, other: str, identity: dict[str, Any]) -> None:
+        values = {f"{other}/{k}": v for k, v in identity.items() if v is not None}
+        if values:
+            self.run.config.update(values, allow_val_change=True)
+
+    def report_health(self, health: dict[str, float], step: int | None) -> None:
+        self.run.summary.update({f"dualtrack/wandb/{k}": v for k, v in health.items()})
+
+    def close(self, status: str | None) -> None:
+        self._flush_row()
+        exit_code = STATUS_TO_EXIT.get(status, 1) if status is not None else 1
+        self.run.finish(exit_code=exit_code)
+        self.run = None
+
+    def abandon(self) -> None:
+        if self.run is not None:
+            self._flush_row()
+            try:
+                self.run.finish(exit_code=1)
+            except Exception:  # noqa: BLE001
+                pass
+            self.run = None
+
+    # -- delivery ------------------------------------------------------------------------------
+    def _flush_row(self) -> None:
+        if self._row:
+            row = dict(self._row)
+            row[STEP_KEY] = self._row_step
+            self._log(row)
+            self._row = {}
+            self._row_step = None
+
+    def _log(self, row: dict[str, Any]) -> None:
+        self.requests += 1
+        try:
+            self.run.log(row)
+        except (TypeError, ValueError) as err:
+            raise PermanentError(f"W&B rejected a row: {err}") from err
+        except Exception as err:  # noqa: BLE001
+            raise TransientError(f"wandb.log failed: {err}") from err
+
+    def deliver(self, entries: list[Entry]) -> None:
+        # ``progress`` = how many leading entries are stored, so a retry after a failure resends none
+        # of them (W&B appends a row per call: a resent row would be a duplicate).
+        self.progress = 0
+        for i, entry in enumerate(entries):
+            rec = entry.record
+            kind = rec.get("k")
+            if kind == "metrics":
+                step = rec.get("s") or 0
+                if self._row and step != self._row_step:
+                    self._flush_row()
+                    self.progress = i
+                self._row_step = step
+                self._row.update(rec["v"])
+                continue
+            self._flush_row()
+            self.progress = i
+            if kind == "params":
+                self.run.config.update(rec["v"], allow_val_change=True)
+            elif kind == "tags":
+                self._deliver_tags(rec["v"])
+            elif kind in ("file", "image", "table", "cm", "model"):
+                getattr(self, f"_deliver_{kind}")(rec)
+            self.progress = i + 1
+        self._flush_row()
+        self.progress = len(entries)
+
+    def _deliver_tags(self, tags: dict[str, str]) -> None:
+        meta = {f"dualtrack/{k[len('dualtrack.'):]}": v for k, v in tags.items() if k.startswith("dualtrack.")}
+        if meta:  # run metadata goes to the config, not the tag list
+            self.run.config.update(meta, allow_val_change=True)
+        new = [f"{k}:{v}"[:_MAX_TAG] for k, v in tags.items() if not k.startswith("dualtrack.")]
+        if new:
+            self.run.tags = tuple(dict.fromkeys([*(self.run.tags or ()), *new]))
+
+    def _media_row(self, rec: dict[str, Any], value: Any) -> None:
+        self._log({rec["key"]: value, STEP_KEY: rec.get("s") or 0})
+
+    def _deliver_file(self, rec: dict[str, Any]) -> None:
+        path = self.ctx.artifact_file(rec["path"])
+        if not path.exists():
+            raise PermanentError(f"payload file {path} is missing")
+        base = self.ctx.run_dir / "artifacts"
+        files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
+        for f in files:
+            self.run.save(str(f), base_path=str(base), policy="now")
+            self.bytes_uploaded += f.stat().st_size
+
+    def _deliver_image(self, rec: dict[str, Any]) -> None:
+        import wandb
+
+        self._media_row(rec, wandb.Image(str(self.ctx.artifact_file(rec["path"])), caption=rec.get("caption")))
+
+    def _load_table(self, rec: dict[str, Any]):
+        import wandb
+
+        with open(self.ctx.artifact_file(rec["path"]), encoding="utf-8") as fh:
+            data = json.load(fh)
+        rows = []
+        for row in data["data"]:
+            cells = []
+            for cell in row:
+                if isinstance(cell, dict) and "_image" in cell:
+                    cell = wandb.Image(str(self.ctx.artifact_file(cell["_image"])))
+                cells.append(cell)
+            rows.append(cells)
+        return wandb.Table(columns=data["columns"], data=rows)
+
+    def _deliver_table(self, rec: dict[str, Any]) -> None:
+        self._media_row(rec, self._load_table(rec))
+
+    def _deliver_cm(self, rec: dict[str, Any]) -> None:
+        import wandb
+
+        with open(self.ctx.artifact_file(rec["path"]), encoding="utf-8") as fh:
+            data = json.load(fh)
+        names = data["class_names"]
+        rows = [
+            [names[i], names[j], data["matrix"][i][j]] for i in range(len(names)) for j in range(len(names))
+        ]
+        table = wandb.Table(columns=["Actual", "Predicted", "nPredictions"], data=rows)
+        # The same custom chart wandb.plot.confusion_matrix builds, fed from a matrix instead of labels.
+        chart = wandb.plot_table(
+            "wandb/confusion_matrix/v1",
+            table,
+            {"Actual": "Actual", "Predicted": "Predicted", "nPredictions": "nPredictions"},
+            {"title": data.get("title") or "Confusion matrix"},
+        )
+        self._media_row(rec, chart)
+
+    def _deliver_model(self, rec: dict[str, Any]) -> None:
+        import wandb
+
+        path = self.ctx.artifact_file(rec["path"])
+        name = rec.get("wandb_name") or f"model-{self.ctx.run_id}"
+        art = wandb.Artifact(name=name, type="model", metadata=rec.get("metadata") or {})
+        if path.is_dir():
+            art.add_dir(str(path))
+        else:
+            art.add_file(str(path))
+        aliases = list(dict.fromkeys([*(rec.get("aliases") or []), "latest"]))
+        self.run.log_artifact(art, aliases=aliases)

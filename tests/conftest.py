@@ -1,0 +1,60 @@
+"""Shared fixtures.
+
+Every test runs in its own temporary working directory with the backends' environment cleaned
+(``isolated_env``), so nothing is written into the repository or the home directory and no test
+reaches a real W&B or MLflow account. Servers are real processes on loopback, one per session.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lightning_dualtrack.testing import MlflowServer
+
+_REMOVED_ENV = (
+    "WANDB_MODE",
+    "WANDB_API_KEY",
+    "WANDB_RUN_ID",
+    "WANDB_PROJECT",
+    "WANDB_ENTITY",
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_REGISTRY_URI",
+    "MLFLOW_EXPERIMENT_NAME",
+    "MLFLOW_RUN_ID",
+)
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run the test in ``tmp_path`` with W&B quiet and writing under it, and no backend credentials."""
+    for name in _REMOVED_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DISABLE_GIT", "true")  # skips a git subprocess per wandb.init
+    monkeypatch.setenv("WANDB_DISABLE_CODE", "true")
+    # W&B writes run dirs, artifact staging copies and its settings file to these.
+    for name, sub in (
+        ("WANDB_DIR", "wandb_dir"),
+        ("WANDB_DATA_DIR", "wandb_data"),
+        ("WANDB_CACHE_DIR", "wandb_cache"),
+        ("WANDB_CONFIG_DIR", "wandb_config"),
+        ("WANDB_ARTIFACT_DIR", "wandb_artifacts"),
+    ):
+        path = tmp_path / sub
+        path.mkdir()
+        monkeypatch.setenv(name, str(path))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """One ``mlflow server`` (sqlite, served artifacts) for the whole session.
+
+    Tests may ``stop()``/``start()`` it, but must leave it running.
+    """
+    with MlflowServer(workdir=tmp_path_factory.mktemp("mlflow_server")) as server:
+        yield server
