@@ -23,9 +23,8 @@ $(VENV)/.installed-dev: pyproject.toml | $(PY)
 	touch $@ $(VENV)/.installed-runtime
 
 quickstart: $(VENV)/.installed-runtime
-	$(VENV)/bin/dualtrack fit --config recipes/quickstart.yaml
-	$(VENV)/bin/dualtrack test --config recipes/quickstart.yaml --ckpt_path best --resume_latest_run true
-	@$(PY) -m lightning_dualtrack.lightning_cli where
+	$(VENV)/bin/dualtrack fit --config recipes/quickstart.yaml --test_after_fit true
+	@echo; echo "Where to look:"; $(VENV)/bin/dualtrack status --latest dualtrack_runs
 
 test: $(VENV)/.installed-dev
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -74,13 +74,33 @@ def _print_status(status: dict[str, Any]) -> None:
             print(f"          last error: {b['last_error']}")
 
 
+def _hints(status: dict[str, Any]) -> list[str]:
+    """Commands that open what a run stored."""
+    out = []
+    mlflow = status["backends"].get("mlflow")
+    if mlflow and mlflow.get("where"):
+        where = str(mlflow["where"])
+        out.append(f"  MLflow UI:  {where.split('  ->  ')[0]}" if "mlflow ui" in where else f"  MLflow UI:  {where}")
+    wandb = status["backends"].get("wandb")
+    if wandb and wandb.get("where") and "offline-run" in str(wandb["where"]):
+        out.append(f"  W&B:        offline run in {wandb['where']}  (upload: wandb sync {wandb['where']})")
+    elif wandb and wandb.get("where"):
+        out.append(f"  W&B:        {wandb['where']}")
+    return out
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    statuses = [run_status(d) for d in _run_dirs(args.run_dirs)]
+    run_dirs = _run_dirs(args.run_dirs)
+    if args.latest:
+        run_dirs = sorted(run_dirs, key=lambda d: (d / RUN_FILE).stat().st_mtime)[-1:]
+    statuses = [run_status(d) for d in run_dirs]
     if args.json:
         print(json.dumps(statuses, indent=1))
     else:
         for s in statuses:
             _print_status(s)
+            for line in _hints(s):
+                print(line)
     return 0
 
 
@@ -119,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_status = sub.add_parser("status", help="delivered / pending / rejected records per backend")
     p_status.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p_status.add_argument("--json", action="store_true")
+    p_status.add_argument("--latest", action="store_true", help="only the most recent run")
     p_status.set_defaults(func=cmd_status)
     for name in sorted(_LIGHTNING_SUBCOMMANDS):
         sub.add_parser(name, help=f"LightningCLI {name} (see `dualtrack {name} --help`)", add_help=False)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -312,6 +313,8 @@ class DualTrackLogger(Logger):
         """End the run in both backends (bounded by ``finalize_timeout``). Idempotent."""
         if self._journal is None or self._finalized:
             return
+        if self._log_model is True and getattr(self, "_checkpoint_callback", None) is not None:
+            self._log_checkpoints(self._checkpoint_callback)
         self._finalized = True
         if status not in _STATUSES:
             status = "failed" if status not in ("finished", "FINISHED") else "success"
@@ -319,6 +322,7 @@ class DualTrackLogger(Logger):
             status = "aborted"
         self._append(self._journal, {"k": "end", "t": now_ms(), "status": status})
         self._journal.close()
+        self._journal = None  # a later log call (e.g. trainer.test after fit) continues the run
         report = self._wait_for_shipper()
         self._print_report(report)
         if self._strict:
@@ -345,8 +349,6 @@ class DualTrackLogger(Logger):
         return self
 
     def end_run(self, status: str = "success") -> None:
-        if self._log_model is True and getattr(self, "_checkpoint_callback", None) is not None:
-            self._log_checkpoints(self._checkpoint_callback)
         self.finalize(status)
 
     def __enter__(self) -> DualTrackLogger:
@@ -690,7 +692,8 @@ class DualTrackLogger(Logger):
         if self._journal is not None:
             return self._journal
         if self._finalized:
-            raise RuntimeError(f"run {self._run_id} has ended; make a new DualTrackLogger to log again")
+            # Lightning finalizes at the end of fit and then tests with the same logger: continue the run
+            self._finalized = False
         self._run_dir = self._make_run_dir()
         run_file = self._run_dir / RUN_FILE
         previous = read_json(run_file)
@@ -710,7 +713,8 @@ class DualTrackLogger(Logger):
         self._append(self._journal, start)
         for key in self._tags:
             self._register_key(key)
-        if self._log_system_info:
+        if self._log_system_info and not getattr(self, "_metadata_logged", False):
+            self._metadata_logged = True
             self._log_system_metadata()
         if self._start_shipper and (self._mlflow_enabled or self._wandb_enabled):
             self._spawn_shipper()
@@ -858,6 +862,9 @@ class DualTrackLogger(Logger):
                 self._fail(f"cannot copy checkpoint {path}: {err}")
                 continue
             aliases = ["latest"] + (["best"] if path == best else [])
+            epoch = re.search(r"epoch=(\d+)", src.name)
+            if epoch:
+                aliases.append(f"epoch-{int(epoch.group(1))}")
             self._append(
                 journal,
                 {

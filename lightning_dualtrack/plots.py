@@ -56,7 +56,9 @@ def _as_matrix(matrix: Any) -> np.ndarray:
     if not np.issubdtype(array.dtype, np.number):
         raise ValueError(f"Expected argument `matrix` to hold numbers, but got dtype {array.dtype}")
     if np.any(array < 0):
-        raise ValueError("Expected argument `matrix` to hold non-negative counts, but it has negative entries")
+        raise ValueError(
+            "Expected argument `matrix` to hold non-negative counts, but it has negative entries"
+        )
     return array
 
 
@@ -239,7 +241,7 @@ def confusion_matrix_figure(
 
     if annotate:
         fontsize = min(10.0, max(5.0, 120.0 / num_classes))
-        for i, j in zip(*np.nonzero(values)):
+        for i, j in zip(*np.nonzero(values), strict=True):
             value = values[i, j]
             text = f"{value:.2f}" if normalize else f"{int(counts[i, j])}"
             color = "white" if value > 0.5 * vmax else "black"
@@ -273,7 +275,9 @@ def per_class_bar_figure(
     for k, metric in enumerate(metric_names):
         heights = [float(row.get(metric, 0.0)) for row in rows]
         if num_classes <= TICK_LABEL_MAX_CLASSES:
-            ax.bar(positions + (k - (len(metric_names) - 1) / 2) * bar_width, heights, bar_width, label=metric)
+            ax.bar(
+                positions + (k - (len(metric_names) - 1) / 2) * bar_width, heights, bar_width, label=metric
+            )
         else:  # thousands of bars are slow to draw and unreadable: a step line per metric
             ax.plot(positions, heights, drawstyle="steps-mid", linewidth=0.7, label=metric)
     ax.set_ylim(0.0, 1.05)
@@ -282,8 +286,14 @@ def per_class_bar_figure(
     ax.grid(axis="y", alpha=0.3)
     if num_classes <= TICK_LABEL_MAX_CLASSES:
         labels = [f"{row.get('class', i)}{'*' if row.get('absent') else ''}" for i, row in enumerate(rows)]
-        ax.set_xticks(positions, labels=labels, rotation=45, ha="right", rotation_mode="anchor",
-                      fontsize=_label_fontsize(num_classes))
+        ax.set_xticks(
+            positions,
+            labels=labels,
+            rotation=45,
+            ha="right",
+            rotation_mode="anchor",
+            fontsize=_label_fontsize(num_classes),
+        )
     else:
         ax.set_xlabel("class (index)")
     ax.legend(loc="upper right", fontsize="small", ncols=len(metric_names))
@@ -339,7 +349,7 @@ def learning_curve_figure(
     for index, name in enumerate(order):
         ax = fig.add_subplot(nrows, ncols, index + 1)
         for label, points in sorted(panels[name].items()):
-            xs, ys = zip(*points)
+            xs, ys = zip(*points, strict=True)
             ax.plot(xs, ys, marker="o" if len(points) < 50 else None, markersize=3, label=label)
         ax.set_title(name)
         ax.set_xlabel(xlabel)

@@ -251,7 +251,21 @@ class SinkWorker(threading.Thread):
         except Exception:  # noqa: BLE001 - health is best effort
             pass
 
+    def _up_to_date(self) -> bool:
+        """Closed, and nothing new in the journal: a second ``sync`` must not reopen the backend run.
+
+        (Reopening would set the MLflow run RUNNING and back, and start a new, empty W&B offline-run
+        directory that the printed ``wandb sync`` hint would then point to.)
+        """
+        if self.follow or not self.state.get("closed"):
+            return False
+        more, _ = self.reader.read(self.state["offset"], max_records=1)
+        return not more
+
     def _run(self) -> None:
+        if self._up_to_date():
+            self.log(f"[dualtrack] {self.sink_name}: up to date, nothing to deliver")
+            return
         if not self._open():
             return
         self._restore_prefix()

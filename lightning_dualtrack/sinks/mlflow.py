@@ -298,10 +298,10 @@ def save_pytorch_model(model: Any, path: Path, signature: Any = None, input_exam
     if not _MLFLOW_AVAILABLE:
         raise ModuleNotFoundError(str(_MLFLOW_AVAILABLE))
     import mlflow.pytorch
+    import torch
 
     if signature == "infer" and input_example is not None:
         import numpy as np
-        import torch
         from mlflow.models import infer_signature
 
         example = input_example.detach().cpu().numpy() if hasattr(input_example, "detach") else np.asarray(input_example)
@@ -315,4 +315,7 @@ def save_pytorch_model(model: Any, path: Path, signature: Any = None, input_exam
     elif input_example is not None and hasattr(input_example, "detach"):
         input_example = input_example.detach().cpu().numpy()
     path.parent.mkdir(parents=True, exist_ok=True)
-    mlflow.pytorch.save_model(model, str(path), signature=signature, input_example=input_example)
+    kwargs: dict[str, Any] = {}
+    if isinstance(model, torch.jit.ScriptModule):
+        kwargs["serialization_format"] = "pickle"  # MLflow 3's default (pt2) does not take TorchScript
+    mlflow.pytorch.save_model(model, str(path), signature=signature, input_example=input_example, **kwargs)
