@@ -765,7 +765,7 @@ class DualTrackLogger(Logger):
         log = open(self.run_dir / "shipper.log", "ab")
         try:
             self._shipper = subprocess.Popen(
-                [sys.executable, "-m", "lightning_dualtrack.shipper", str(self.run_dir), "--follow", "--parent-pid", str(os.getpid()), "--nice", "10"],
+                [sys.executable, "-m", "lightning_dualtrack.shipper", str(self.run_dir), "--follow", "--parent-pid", str(os.getpid()), "--idle"],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,

@@ -437,7 +437,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--follow", action="store_true", help="keep tailing the journal until the run ends")
     parser.add_argument("--parent-pid", type=int, default=None)
     parser.add_argument("--nice", type=int, default=0)
+    parser.add_argument("--idle", action="store_true", help="run only on CPU time nobody else wants (SCHED_IDLE)")
     args = parser.parse_args(argv)
+    if args.idle and hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_IDLE"):
+        # Delivery must not take CPU from training: under SCHED_IDLE the kernel runs this process (and
+        # the wandb-core process it starts, which inherits the policy) only when a core is otherwise idle.
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        except OSError:
+            args.nice = args.nice or 19
     if args.nice:
         try:
             os.nice(args.nice)

@@ -1,0 +1,143 @@
+"""The `dualtrack` LightningCLI, the recipes, and DualTrackLogger inside a plain LightningCLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from lightning.pytorch.cli import LightningCLI
+
+from lightning_dualtrack import DualTrackLogger
+from lightning_dualtrack.lightning_cli import DualTrackCLI
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+TRAINING_RECIPES = sorted(p for p in RECIPES.glob("*.yaml") if p.name != "ddp.yaml")
+# the GPU recipes, made to parse and instantiate on this CPU machine without downloading weights
+CPU_OVERRIDES = ["--trainer.accelerator=cpu", "--trainer.precision=32-true", "--model.init_args.pretrained=null"]
+
+
+def _cli(args: list[str], **kwargs) -> DualTrackCLI:
+    return DualTrackCLI(args=args, run=False, auto_configure_optimizers=False, **kwargs)
+
+
+@pytest.mark.parametrize("recipe", TRAINING_RECIPES, ids=lambda p: p.name)
+def test_every_recipe_parses_and_instantiates(recipe: Path) -> None:
+    overrides = [] if recipe.name == "quickstart.yaml" else CPU_OVERRIDES
+    cli = _cli(["--config", str(recipe), *overrides])
+    assert isinstance(cli.trainer.logger, DualTrackLogger)
+    assert cli.model.class_names and len(cli.model.class_names) == 15
+
+
+def test_quickstart_recipe_comments_every_setting() -> None:
+    """Each `key: value` line of the quickstart recipe says why (a comment on the line)."""
+    for line in (RECIPES / "quickstart.yaml").read_text().splitlines():
+        body = line.split("#")[0].strip()
+        if not body or body.endswith(":") or body.startswith(("- class_path", "class_path", "init_args")):
+            continue
+        assert "#" in line, f"uncommented setting in quickstart.yaml: {line.strip()}"
+
+
+@pytest.mark.parametrize("overlay", sorted((RECIPES / "tracking").glob("*.yaml")), ids=lambda p: p.name)
+def test_tracking_overlays_combine_with_a_recipe(overlay: Path) -> None:
+    cli = _cli(["--config", str(RECIPES / "quickstart.yaml"), "--config", str(overlay)])
+    logger = cli.trainer.logger
+    if overlay.name == "none.yaml":
+        assert logger is None
+    else:
+        assert isinstance(logger, DualTrackLogger)
+        assert logger._mlflow_enabled == (overlay.name != "wandb_only.yaml")
+        assert logger._wandb_enabled == (overlay.name != "mlflow_only.yaml")
+
+
+def test_ddp_overlay_parses() -> None:
+    cfg = yaml.safe_load((RECIPES / "ddp.yaml").read_text())
+    assert cfg["trainer"]["strategy"] == "ddp"
+
+
+@pytest.mark.parametrize(
+    ("flags", "mlflow", "wandb", "experiment"),
+    [
+        (["--no_wandb"], True, False, "clip_har_quickstart"),
+        (["--no_mlflow", "--experiment_name", "har"], False, True, "har"),
+        (["--use_mlflow", "--use_wandb"], True, True, "clip_har_quickstart"),
+    ],
+)
+def test_tracking_flags(flags, mlflow, wandb, experiment) -> None:
+    cli = _cli(["--config", str(RECIPES / "quickstart.yaml"), *flags])
+    logger = cli.trainer.logger
+    assert (logger._mlflow_enabled, logger._wandb_enabled, logger.name) == (mlflow, wandb, experiment)
+
+
+def test_no_tracking_flag_removes_the_logger() -> None:
+    cli = _cli(["--config", str(RECIPES / "quickstart.yaml"), "--no_tracking"])
+    assert cli.trainer.logger is None
+
+
+def test_contradicting_flags_are_an_error() -> None:
+    with pytest.raises(ValueError, match="no_mlflow"):
+        _cli(["--config", str(RECIPES / "quickstart.yaml"), "--use_mlflow", "--no_mlflow"])
+
+
+@pytest.mark.slow
+def test_plain_lightning_cli_with_dualtrack_logger_and_callbacks(tmp_path: Path) -> None:
+    config = {
+        "trainer": {
+            "accelerator": "cpu",
+            "max_epochs": 1,
+            "limit_train_batches": 3,
+            "limit_val_batches": 2,
+            "enable_progress_bar": False,
+            "logger": {
+                "class_path": "lightning_dualtrack.DualTrackLogger",
+                "init_args": {"experiment_name": "plain_cli", "wandb_mode": "offline", "save_dir": str(tmp_path / "runs")},
+            },
+            "callbacks": [
+                {"class_path": "lightning_dualtrack.callbacks.ClassificationReport"},
+                {"class_path": "lightning_dualtrack.callbacks.ThroughputMonitor"},
+            ],
+        },
+        "model": {"class_path": "lightning_dualtrack.har.ClipHarModule", "init_args": {"model_name": "dualtrack-tiny"}},
+        "data": {
+            "class_path": "lightning_dualtrack.har.HarDataModule",
+            "init_args": {"source": "synthetic", "synthetic_samples_per_class": 6, "batch_size": 16},
+        },
+    }
+    path = tmp_path / "plain.yaml"
+    path.write_text(yaml.safe_dump(config))
+    cli = LightningCLI(args=["fit", "--config", str(path)], auto_configure_optimizers=False)
+    logger = cli.trainer.logger
+    assert isinstance(logger, DualTrackLogger)
+    # LightningCLI saved its config into the run directory (save_dir == the run directory)
+    assert (logger.run_dir / "config.yaml").exists()
+    from mlflow.tracking import MlflowClient
+
+    run = MlflowClient("sqlite:///mlflow.db").get_run(logger.mlflow_run_id)
+    assert run.info.status == "FINISHED"
+    assert any(k.startswith("val/f1/") for k in run.data.metrics)
+
+
+@pytest.mark.slow
+def test_quickstart_runs_end_to_end_and_learns(tmp_path: Path) -> None:
+    """The `make quickstart` job, shortened: fit, test in the same run, config in both backends."""
+    from mlflow.tracking import MlflowClient
+
+    from lightning_dualtrack.cli import main
+    from tests.helpers import wandb_run
+
+    args = ["fit", "--config", str(RECIPES / "quickstart.yaml"), "--test_after_fit", "true", "--trainer.max_epochs", "4"]
+    assert main(args) == 0
+    runs = sorted(Path("dualtrack_runs").iterdir())
+    assert len(runs) == 1
+    logger_dir = runs[0]
+    client = MlflowClient("sqlite:///mlflow.db")
+    run = client.search_runs([client.get_experiment_by_name("clip_har_quickstart").experiment_id])[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["val/acc"] > 0.3  # 15 classes: chance is 0.067
+    assert "test/acc" in run.data.metrics
+    assert len([k for k in run.data.metrics if k.startswith("test/f1/")]) == 15
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config", "export", "model"} <= artifacts
+    w = wandb_run(logger_dir, logger_dir.name)
+    assert w.config["mlflow/run_id"] == run.info.run_id
+    assert any("val/acc" in row or "val" in row for row in w.history)
