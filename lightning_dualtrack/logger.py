@@ -325,7 +325,7 @@ class DualTrackLogger(Logger):
         self._journal = None  # a later log call (e.g. trainer.test after fit) continues the run
         report = self._wait_for_shipper()
         self._print_report(report)
-        if self._strict:
+        if self._strict and status == "success":  # on failure Lightning is handling the original error: never mask it
             failed = {n: s for n, s in report.items() if not s.get("closed")}
             if failed:
                 raise RuntimeError(self._pending_message(failed))
@@ -534,7 +534,7 @@ class DualTrackLogger(Logger):
         cells = matrix.tolist()
         write_json(self.run_dir / f"{base}.json", {"title": title, "class_names": names, "matrix": cells, "step": step})
         csv_lines = ["actual\\predicted," + ",".join(names)]
-        csv_lines += [f"{n}," + ",".join(str(v) for v in row) for n, row in zip(names, cells)]
+        csv_lines += [f"{n}," + ",".join(str(v) for v in row) for n, row in zip(names, cells, strict=True)]
         self._write_payload(f"{base}.csv", ("\n".join(csv_lines) + "\n").encode("utf-8"))
         self._append(
             journal,
@@ -677,6 +677,7 @@ class DualTrackLogger(Logger):
             "tags": redact_mapping(self._tags),
             "created_ms": now_ms(),
             "flush_interval": self._flush_interval,
+            "strict": self._strict,  # the shipper's sinks do not fall back (e.g. W&B online -> offline)
             "mlflow": {"enabled": self._mlflow_enabled, "tracking_uri": self._tracking_uri},
             "wandb": {
                 "enabled": self._wandb_enabled,
@@ -721,7 +722,7 @@ class DualTrackLogger(Logger):
         if not self._atexit_registered:
             atexit.register(self._atexit)
             self._atexit_registered = True
-        if self._strict:
+        if self._strict and self._shipper is not None:
             self._wait_until_open()
         return self._journal
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 __all__ = [
     "confusion_matrix_figure",
@@ -346,11 +347,24 @@ def learning_curve_figure(
         ax.text(0.5, 0.5, "no metrics recorded", ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
         return fig
+    integer_x = all(
+        float(x).is_integer() for series in panels.values() for points in series.values() for x, _ in points
+    )
+    colors = {"train": "C0", "val": "C1", "validation": "C1", "valid": "C1", "test": "C2"}
     for index, name in enumerate(order):
         ax = fig.add_subplot(nrows, ncols, index + 1)
         for label, points in sorted(panels[name].items()):
             xs, ys = zip(*points, strict=True)
-            ax.plot(xs, ys, marker="o" if len(points) < 50 else None, markersize=3, label=label)
+            ax.plot(
+                xs,
+                ys,
+                marker="o" if len(points) < 50 else None,
+                markersize=3,
+                label=label,
+                color=colors.get(label.lower()),
+            )
+        if integer_x:  # epochs and steps: no 0.5 ticks
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(name)
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)

@@ -25,7 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from lightning_dualtrack.journal import Entry, JournalReader, now_ms, repair_torn_tail
-from lightning_dualtrack.sinks.base import PermanentError, RunContext, Sink, TransientError, read_json, write_json_atomic
+from lightning_dualtrack.sinks.base import (
+    PermanentError,
+    RunContext,
+    Sink,
+    TransientError,
+    read_json,
+    write_json_atomic,
+)
 
 STATE_DIR = "state"
 LOCK_FILE = "shipper.lock"

@@ -29,9 +29,10 @@ How the numbers are made:
   loggers that have the richer methods (``DualTrackLogger``, or anything with ``log_figure`` & co.):
   the confusion matrix (``log_confusion_matrix``: JSON, CSV, counts and row-normalised PNGs, W&B's
   interactive matrix; a logger without that method gets both figures through ``log_figure``), a
-  per-class bar chart (by default only for the last validation and for test: see ``figures``), a
   per-class table, the report as JSON and CSV artifacts (file names carry the stage, epoch and
-  step, so nothing is overwritten) and the table of example predictions. A failing rich call is reported as a warning and does not stop training.
+  step, so nothing is overwritten), and -- by default only for the last validation of a fit and for
+  ``test()``/``validate()``, see ``figures`` -- a per-class bar chart and the table of example
+  predictions. A failing rich call is reported as a warning and does not stop training.
 
 Class names come from the ``class_names`` argument, else ``pl_module.class_names``, else
 ``trainer.datamodule.class_names``, else ``"0"``, ``"1"``, ...
@@ -133,7 +134,11 @@ def _thumbnails(images: torch.Tensor, size: int) -> torch.Tensor:
 
 
 class _TopKExamples:
-    """The K highest-ranked predictions seen so far, kept on the device without host syncs."""
+    """The K highest-ranked predictions seen so far, kept on the device without host syncs.
+
+    The buffer holds the K candidates' input images as they came (a copy of K images, not the
+    batches); thumbnails are made once, from the final K, in :meth:`rows`.
+    """
 
     def __init__(self, k: int, thumbnail_size: int, ignore_index: int | None = None) -> None:
         self.k = k
@@ -141,12 +146,16 @@ class _TopKExamples:
         self.ignore_index = ignore_index
         self.reset()
 
+    #: candidates of this many batches are merged at once (fewer small ops per batch)
+    MERGE_EVERY = 8
+
     def reset(self) -> None:
         self.score: torch.Tensor | None = None
-        self.thumbs: torch.Tensor | None = None
+        self.images: torch.Tensor | None = None
         self.target: torch.Tensor | None = None
         self.pred: torch.Tensor | None = None
         self.conf: torch.Tensor | None = None
+        self._pending: list[tuple[torch.Tensor, ...]] = []
 
     def update(
         self, images: torch.Tensor, conf: torch.Tensor, pred: torch.Tensor, target: torch.Tensor
@@ -155,22 +164,34 @@ class _TopKExamples:
         score = conf + (pred != target).to(conf.dtype)
         if self.ignore_index is not None:  # ignored samples rank last and are dropped in rows()
             score = torch.where(target == self.ignore_index, torch.full_like(score, -1.0), score)
-        k = min(self.k, score.shape[0])
-        top, index = score.topk(k)
-        thumbs = _thumbnails(images.index_select(0, index), self.thumbnail_size)
-        candidate = (top, thumbs, target[index], pred[index], conf[index])
-        if self.score is None or self.thumbs is None or self.thumbs.shape[1:] != thumbs.shape[1:]:
-            self.score, self.thumbs, self.target, self.pred, self.conf = candidate
+        top, index = score.topk(min(self.k, score.shape[0]))
+        candidate = (top, images.detach().index_select(0, index), target[index], pred[index], conf[index])
+        if self._pending and self._pending[0][1].shape[1:] != candidate[1].shape[1:]:
+            self._merge()  # images of another size: settle what is pending first
+        self._pending.append(candidate)
+        if len(self._pending) >= self.MERGE_EVERY:
+            self._merge()
+
+    def _merge(self) -> None:
+        parts = self._pending
+        self._pending = []
+        if not parts:
             return
-        buffers = (self.score, self.thumbs, self.target, self.pred, self.conf)
-        merged = [torch.cat((old, new)) for old, new in zip(buffers, candidate, strict=True)]
+        if (
+            self.score is not None
+            and self.images is not None
+            and self.images.shape[1:] == parts[0][1].shape[1:]
+        ):
+            parts = [(self.score, self.images, self.target, self.pred, self.conf), *parts]
+        merged = [torch.cat(column) for column in zip(*parts, strict=True)]
         keep = merged[0].topk(min(self.k, merged[0].shape[0])).indices
-        self.score, self.thumbs, self.target, self.pred, self.conf = (t.index_select(0, keep) for t in merged)
+        self.score, self.images, self.target, self.pred, self.conf = (t.index_select(0, keep) for t in merged)
 
     def rows(self, class_names: Sequence[str]) -> list[list[Any]]:
-        if self.score is None:
+        self._merge()
+        if self.score is None or self.images is None:
             return []
-        thumbs = self.thumbs.permute(0, 2, 3, 1).cpu().numpy()  # HWC uint8 for PIL/W&B
+        thumbs = _thumbnails(self.images, self.thumbnail_size).permute(0, 2, 3, 1).cpu().numpy()  # HWC uint8
         if thumbs.shape[-1] == 1:
             thumbs = thumbs[..., 0]
         target, pred, conf = self.target.tolist(), self.pred.tolist(), self.conf.tolist()
@@ -257,13 +278,14 @@ class ClassificationReport(Callback):
         image_fn: ``batch -> (N, C, H, W) tensor`` for the thumbnails; by default the batch itself, its
             first element, or its ``image``/``images``/``pixel_values``/``x`` entry.
         log_per_class_scalars: log ``{stage}/{precision,recall,f1}/<class>`` scalars.
-        figures: when to draw the per-class bar chart (and, for loggers without ``log_confusion_matrix``,
-            the matrix figures) on the training thread: ``"end"`` (default) once at the end of fit from
-            the last validation report, and at each ``test()``/``validate()`` report; ``"every"`` at
-            every report; ``"never"``.
-            Drawing costs ~0.1-0.4 s of matplotlib per figure, too much for every epoch of a short
-            validation; the tables, scalars and ``DualTrackLogger``'s matrix PNGs (drawn in its
-            background process) are logged at every report regardless.
+        figures: when to log the images, which are drawn/encoded on the training thread: the per-class
+            bar chart, the example-predictions table (thumbnails) and, for loggers without
+            ``log_confusion_matrix``, the matrix figures. ``"end"`` (default): once at the end of fit
+            from the last validation report, and at each ``test()``/``validate()`` report; ``"every"``:
+            at every report; ``"never"``. A bar chart costs ~0.1-0.4 s of matplotlib and the thumbnails
+            ~1 ms each, too much for every epoch of a short validation; the scalars, the per-class
+            table, the JSON/CSV report and ``DualTrackLogger``'s matrix PNGs (drawn in its background
+            process) are logged at every report regardless.
         ignore_index: a target value to leave out of the counts (e.g. ``-100``).
         stages: which of ``"val"`` and ``"test"`` to report.
 
@@ -331,6 +353,7 @@ class ClassificationReport(Callback):
         self._warned_padding: set[str] = set()
         #: the last report of each stage (plain Python values), for users and tests
         self.last_report: dict[str, dict[str, Any]] = {}
+        self._last_examples: dict[str, list] = {}
 
     # ----------------------------------------------------------------- setup
     def _resolve_names(self, trainer: Trainer, pl_module: LightningModule) -> list[str]:
@@ -511,6 +534,19 @@ class ClassificationReport(Callback):
             )
             _call(logger, "log_dict", report, name=f"{stem}.json")
             _call(logger, "log_text", per_class_csv(rows), name=f"{stem}.csv")
+        standalone = stage == "test" or trainer.state.fn != TrainerFn.FITTING  # test(), validate()
+        if self.figures == "every" or (self.figures == "end" and standalone):
+            self._log_figures(trainer, report, examples)
+        else:  # kept for on_fit_end
+            self._last_examples[stage] = examples
+
+    def _log_figures(self, trainer: Trainer, report: dict[str, Any], examples: list) -> None:
+        """The bar chart, the example thumbnails (and matrix figures for loggers that cannot draw them)."""
+        stage, epoch, step, names = report["stage"], report["epoch"], report["step"], report["class_names"]
+        matrix = report["confusion_matrix"]
+        for logger in trainer.loggers:
+            if not is_rich(logger):
+                continue
             if examples:
                 _call(
                     logger,
@@ -520,17 +556,6 @@ class ClassificationReport(Callback):
                     rows=examples,
                     step=step,
                 )
-        standalone = stage == "test" or trainer.state.fn != TrainerFn.FITTING  # test(), validate()
-        if self.figures == "every" or (self.figures == "end" and standalone):
-            self._log_figures(trainer, report)
-
-    def _log_figures(self, trainer: Trainer, report: dict[str, Any]) -> None:
-        """The per-class bar chart (and the matrix figures for loggers that cannot draw them)."""
-        stage, epoch, step, names = report["stage"], report["epoch"], report["step"], report["class_names"]
-        matrix = report["confusion_matrix"]
-        for logger in trainer.loggers:
-            if not is_rich(logger):
-                continue
             if not callable(getattr(logger, "log_confusion_matrix", None)):
                 title = f"{stage} confusion matrix (epoch {epoch})"
                 for normalize, suffix in ((False, ""), (True, "_normalized")):
@@ -549,7 +574,7 @@ class ClassificationReport(Callback):
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         report = self.last_report.get("val")
         if self.figures == "end" and report is not None and trainer.is_global_zero:
-            self._log_figures(trainer, report)
+            self._log_figures(trainer, report, self._last_examples.pop("val", []))
 
     # ----------------------------------------------------------------- hooks
     def _validation_due(self, trainer: Trainer) -> bool:

@@ -157,12 +157,16 @@ class MlflowSink(Sink):
 
     # -- delivery ------------------------------------------------------------------------------
     def deliver(self, entries: list[Entry]) -> None:
+        # ``progress`` = how many leading entries are stored, so that a retry after a transient failure
+        # resends only the request group that failed, not the whole batch: with a server failing a
+        # fraction of requests, a batch of k requests would otherwise succeed with probability (1-p)^k.
+        self.progress = 0
         metrics: list = []
         params: list = []
         tags: list = []
         new_params: dict[str, str] = {}
 
-        def flush() -> None:
+        def flush(upto: int) -> None:
             for m, p, t in chunk_batch(metrics, params, tags):
                 self.api.log_batch(self.run_id, metrics=m, params=p, tags=t)
                 self.bytes_uploaded += sum(len(x[0]) + len(str(x[1])) for x in (*m, *p, *t))
@@ -171,9 +175,10 @@ class MlflowSink(Sink):
             params.clear()
             tags.clear()
             new_params.clear()
+            self.progress = upto
 
         keys = self.keys.forward
-        for entry in entries:
+        for i, entry in enumerate(entries):
             rec = entry.record
             kind = rec.get("k")
             if kind == "metrics":
@@ -195,9 +200,10 @@ class MlflowSink(Sink):
                 for key, value in rec["v"].items():
                     tags.append((keys.get(key, key), str(value)[:MLFLOW_MAX_TAG_VALUE]))
             elif kind in ("file", "image", "table", "cm", "model", "register"):
-                flush()
+                flush(i)
                 getattr(self, f"_deliver_{kind}")(rec)
-        flush()
+                self.progress = i + 1
+        flush(len(entries))
 
     def _upload(self, rel_path: str, artifact_dir: str | None = None) -> None:
         path = self.ctx.artifact_file(rel_path)

@@ -26,6 +26,33 @@ def _quiet_env() -> None:
     os.environ.setdefault("WANDB_DISABLE_CODE", "true")
 
 
+def _base_url() -> str:
+    return os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
+
+
+def _unreachable(url: str, timeout: float = 3.0) -> str | None:
+    """Why the W&B server at ``url`` cannot be reached (any HTTP answer counts as reachable), or None."""
+    import threading
+    import urllib.error
+    import urllib.request
+
+    result: list[str | None] = []
+
+    def probe() -> None:
+        try:
+            urllib.request.urlopen(url, timeout=timeout).close()  # noqa: S310 - the configured W&B URL
+            result.append(None)
+        except urllib.error.HTTPError:
+            result.append(None)
+        except Exception as err:  # noqa: BLE001 - refused, timeout, DNS...
+            result.append(f"{url} unreachable: {type(err).__name__}: {str(err)[:200]}")
+
+    thread = threading.Thread(target=probe, daemon=True)  # bounds DNS resolution too
+    thread.start()
+    thread.join(timeout + 1.0)
+    return result[0] if result else f"{url} unreachable: no answer within {timeout:g} s"
+
+
 class WandbSink(Sink):
     name = "wandb"
 
@@ -39,6 +66,7 @@ class WandbSink(Sink):
         self.entity = cfg.get("entity")
         self.group = cfg.get("group")
         self.mode = cfg.get("mode", "offline")
+        self.strict = bool(ctx.settings.get("strict"))
         self.init_timeout = init_timeout
         self.run = None
         self._row: dict[str, Any] = {}
@@ -79,16 +107,29 @@ class WandbSink(Sink):
             config={"dualtrack/run_id": self.ctx.run_id},
             reinit="create_new",
         )
+        unreachable = _unreachable(_base_url()) if self.mode == "online" else None
         try:
+            if unreachable:
+                raise ConnectionError(unreachable)  # do not wait out init_timeout for a server we cannot reach
             self.run = wandb.init(settings=self._settings(self.mode), **kwargs)
         except Exception as err:  # noqa: BLE001 - any init failure
             if self.mode != "online":
                 raise TransientError(f"wandb.init failed: {err}") from err
+            why = f"{type(err).__name__}: {str(err)[:200]}"
+            if self.strict:
+                raise PermanentError(
+                    f"W&B online init failed ({why}); strict mode does not fall back to offline. "
+                    "Log in (`wandb login` or WANDB_API_KEY), or use wandb_mode='offline'"
+                ) from err
             # Documented fallback: online init failed (no network / credentials) -> record offline,
-            # upload later with `wandb sync`.
+            # upload later with `wandb sync`. After a failed online init, wandb 0.31 refuses an offline
+            # init of the same run id in this process ("run ID ... is in use", wandb #9865) unless its
+            # service is torn down first.
+            if not unreachable:
+                wandb.teardown()
             self.mode = "offline"
             self.run = wandb.init(settings=self._settings("offline"), **kwargs)
-            self.fallback_reason = f"W&B online init failed ({type(err).__name__}: {str(err)[:200]}); recording offline"
+            self.fallback_reason = f"W&B online init failed ({why}); recording offline (upload later with `wandb sync`)"
         self.run.define_metric(STEP_KEY, hidden=False)
         self.run.define_metric("*", step_metric=STEP_KEY, step_sync=True)
         offline_dir = os.path.dirname(self.run.dir) if self.run.dir else None
