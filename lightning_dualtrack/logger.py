@@ -771,8 +771,12 @@ class DualTrackLogger(Logger):
                 stdout=log,
                 stderr=log,
                 env=self._shipper_env(),
-                start_new_session=True,  # Ctrl-C in the terminal must not kill delivery
                 close_fds=True,
+                # Our own process group, so Ctrl-C in the terminal (sent to the foreground group) does not
+                # stop delivery -- but the same session: with scheduler autogrouping (on by default on
+                # Linux) a new session is a new CPU group with an equal share, and SCHED_IDLE would not
+                # keep the shipper off the cores training uses.
+                **({"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}),
             )
         except OSError as err:
             self._fail(f"cannot start the delivery process ({err}); deliver later with `dualtrack sync {self.run_dir}`")

@@ -12,7 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_dualtrack.normalize import DroppedValue, KeyMap, flatten_params, param_text, sanitize_mlflow_key, to_float
+from lightning_dualtrack.normalize import (
+    DroppedValue,
+    KeyMap,
+    flatten_params,
+    param_text,
+    sanitize_mlflow_key,
+    to_float,
+)
 
 MLFLOW_KEY = re.compile(r"^[/\w.\- :]*$")
 

@@ -210,7 +210,8 @@ class MlflowSink(Sink):
         if not path.exists():
             raise PermanentError(f"payload file {path} is missing (deleted after it was logged?)")
         if artifact_dir is None:
-            parent = Path(rel_path).parent
+            # a directory keeps its own name, as in the run directory and in W&B (``log_artifact(dir)``)
+            parent = Path(rel_path) if path.is_dir() else Path(rel_path).parent
             artifact_dir = str(parent.relative_to("artifacts")) if parent.parts[:1] == ("artifacts",) else str(parent)
             artifact_dir = None if artifact_dir in ("", ".") else artifact_dir
         files = [(path, artifact_dir)]
