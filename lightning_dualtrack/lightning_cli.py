@@ -71,9 +71,14 @@ class DualTrackCLI(LightningCLI):
         group.add_argument("--no_wandb", action="store_true", help="do not log to W&B")
         group.add_argument("--no_tracking", action="store_true", help="no logger at all")
         group.add_argument("--test_after_fit", type=bool, default=False, help="fit: then test the best checkpoint")
+        parser.add_argument("--torch_threads", type=int, default=None, help="torch intra-op threads (torch.set_num_threads)")
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
+        if cfg.get("torch_threads"):
+            import torch
+
+            torch.set_num_threads(int(cfg.torch_threads))
         if cfg.get("no_tracking"):
             cfg.trainer.logger = False
             return

@@ -276,7 +276,7 @@ class ClipHarModule(LightningModule):
         self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.val_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.test_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
-        self._last_batch_size: int | None = None
+        self._batch_sizes: dict[str, int] = {}  # largest batch seen per kind ("train", "eval")
         self._flops_cache: dict[tuple[bool, int], int] = {}
         self._compiled = False
         self.train()  # open_clip returns the model in eval mode; Lightning keeps whatever mode it finds
@@ -343,9 +343,12 @@ class ClipHarModule(LightningModule):
             return batch["pixel_values"], batch.get("labels")
         return batch[0], (batch[1] if len(batch) > 1 else None)
 
+    def _seen(self, kind: str, x: Tensor) -> None:
+        self._batch_sizes[kind] = max(self._batch_sizes.get(kind, 0), int(x.shape[0]))
+
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         x, y = self._unpack(batch)
-        self._last_batch_size = int(x.shape[0])
+        self._seen("train", x)
         logits = self(x)
         loss = F.cross_entropy(logits.float(), y, label_smoothing=self.hparams.label_smoothing)
         self.train_acc(logits.detach(), y)
@@ -355,7 +358,7 @@ class ClipHarModule(LightningModule):
 
     def _eval_step(self, batch: Any, stage: str, metric: MulticlassAccuracy) -> dict[str, Tensor]:
         x, y = self._unpack(batch)
-        self._last_batch_size = int(x.shape[0])
+        self._seen("eval", x)
         logits = self(x).float()
         loss = F.cross_entropy(logits, y)
         metric.update(logits, y)
@@ -374,7 +377,7 @@ class ClipHarModule(LightningModule):
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         """``{"probs": (B, C), "pred_index": (B,), "pred_class": list of B names, "confidence": (B,)}``."""
         x, _ = self._unpack(batch)
-        self._last_batch_size = int(x.shape[0])
+        self._seen("eval", x)
         probs = self(x).float().softmax(dim=-1)
         confidence, index = probs.max(dim=-1)
         return {
@@ -427,14 +430,29 @@ class ClipHarModule(LightningModule):
             self._flops_cache[key] = int(measure_flops(net, lambda: net.forward(x), loss_fn))
         return self._flops_cache[key]
 
+    def _nominal_batch_size(self, kind: str) -> int | None:
+        if kind in self._batch_sizes:
+            return self._batch_sizes[kind]
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        size = getattr(datamodule, "batch_size" if kind == "train" else "eval_batch_size", None)
+        return size if isinstance(size, int) else None
+
     @property
     def flops_per_batch(self) -> int | None:
-        """FLOPs of the last batch seen (for Lightning's ``ThroughputMonitor`` and the package's throughput
-        callback): forward + backward while training, forward only in validation/test/predict. ``None`` before
-        the first batch. See :meth:`measure_flops_per_batch` for what is counted."""
-        if self._last_batch_size is None:
-            return None
-        return self.measure_flops_per_batch(self._last_batch_size, training=self.training)
+        """FLOPs of one training batch: forward + backward (forward only in ``zeroshot`` mode), for Lightning's
+        throughput utilities and the package's throughput callback. The batch size is the largest training batch
+        seen, or before the first one the datamodule's ``batch_size``; ``None`` when neither is known. See
+        :meth:`measure_flops_per_batch` for what is counted. (Lightning's ``ThroughputMonitor`` reads this same
+        attribute during validation too; the package's callback reads :attr:`eval_flops_per_batch` there.)"""
+        size = self._nominal_batch_size("train")
+        return None if size is None else self.measure_flops_per_batch(size, training=True)
+
+    @property
+    def eval_flops_per_batch(self) -> int | None:
+        """FLOPs of one validation/test/predict batch (forward only); batch size as for :attr:`flops_per_batch`,
+        from the eval batches seen or the datamodule's ``eval_batch_size``."""
+        size = self._nominal_batch_size("eval")
+        return None if size is None else self.measure_flops_per_batch(size, training=False)
 
     # ------------------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
