@@ -112,7 +112,8 @@ def test_plain_lightning_cli_with_dualtrack_logger_and_callbacks(tmp_path: Path)
     assert (logger.run_dir / "config.yaml").exists()
     from mlflow.tracking import MlflowClient
 
-    run = MlflowClient("sqlite:///mlflow.db").get_run(logger.mlflow_run_id)
+    # absolute: MLflow caches its store per URI string, and each test runs in its own directory
+    run = MlflowClient(f"sqlite:///{Path.cwd() / 'mlflow.db'}").get_run(logger.mlflow_run_id)
     assert run.info.status == "FINISHED"
     assert any(k.startswith("val/f1/") for k in run.data.metrics)
 
@@ -130,7 +131,7 @@ def test_quickstart_runs_end_to_end_and_learns(tmp_path: Path) -> None:
     runs = sorted(Path("dualtrack_runs").iterdir())
     assert len(runs) == 1
     logger_dir = runs[0]
-    client = MlflowClient("sqlite:///mlflow.db")
+    client = MlflowClient(f"sqlite:///{Path.cwd() / 'mlflow.db'}")  # absolute: see above
     run = client.search_runs([client.get_experiment_by_name("clip_har_quickstart").experiment_id])[0]
     assert run.info.status == "FINISHED"
     assert run.data.metrics["val/acc"] > 0.3  # 15 classes: chance is 0.067

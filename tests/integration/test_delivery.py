@@ -145,7 +145,7 @@ def test_embedded_sqlite_default(tmp_path, monkeypatch) -> None:
     assert logger.tracking_uri == "sqlite:///mlflow.db"
     with logger:
         logger.log_metrics({"x": 1.0}, step=0)
-    client = MlflowClient("sqlite:///mlflow.db")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")  # absolute: MLflow caches stores per URI
     assert client.get_run(logger.mlflow_run_id).data.metrics["x"] == 1.0
 
 
