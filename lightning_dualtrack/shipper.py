@@ -73,11 +73,30 @@ class Links:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
         self._identities: dict[str, dict[str, Any]] = {}
+        self._pending: set[str] = set()  # sinks that may still publish an identity
+
+    def expect(self, names: set[str]) -> None:
+        with self._lock:
+            self._pending = set(names) - set(self._identities)
 
     def publish(self, name: str, identity: dict[str, Any]) -> None:
         with self._lock:
             self._identities[name] = dict(identity)
+            self._pending.discard(name)
+            self._changed.notify_all()
+
+    def give_up(self, name: str) -> None:
+        """``name`` will publish nothing (it could not open its run, or it is done)."""
+        with self._lock:
+            self._pending.discard(name)
+            self._changed.notify_all()
+
+    def wait_for_others(self, name: str, timeout: float) -> bool:
+        """Wait until every other sink has published its identity or given up; False on timeout."""
+        with self._lock:
+            return self._changed.wait_for(lambda: not (self._pending - {name}), timeout)
 
     def others(self, name: str) -> dict[str, dict[str, Any]]:
         with self._lock:
@@ -118,6 +137,7 @@ class SinkWorker(threading.Thread):
         self._last_health = 0.0
         self._last_step: int | None = self.state.get("last_step")
         self.done = False
+        self.peers: list[SinkWorker] = []  # the other workers of this shipper (for cross-link waits)
 
     # -- bookkeeping ---------------------------------------------------------------------------
     def save(self, **changes: Any) -> None:
@@ -146,6 +166,7 @@ class SinkWorker(threading.Thread):
             self.log(f"[dualtrack] {self.sink_name}: delivery stopped by an unexpected error: {err!r}")
             self.save(last_error=f"{type(err).__name__}: {err}")
         finally:
+            self.links.give_up(self.sink_name)
             self.done = True
 
     def _open(self) -> bool:
@@ -169,6 +190,7 @@ class SinkWorker(threading.Thread):
                 return False
             except Exception as err:  # noqa: BLE001 - transient: server down, timeout...
                 self.sink = None
+                self.links.give_up(self.sink_name)  # the other sink must not wait for an identity to link to
                 self.state["retries"] = self.state.get("retries", 0) + 1
                 self.save(last_error=str(err)[:500], open=False)
                 if self._wait(backoff.after(err)) or self._gave_up():
@@ -176,6 +198,20 @@ class SinkWorker(threading.Thread):
                 if self._parent_gone() and self.follow:
                     # keep trying for a while: the journal is durable, and sync can finish the job
                     pass
+
+    def _rewind_to_durable(self) -> None:
+        """After a delivery process died without closing the run: deliver again what the backend acked
+        but never stored (W&B writes rows asynchronously; see ``sinks/wandb.py``)."""
+        probe = getattr(self.sink, "durable_offset", None)
+        if probe is None or self.state.get("closed") or not self.state["offset"]:
+            return
+        durable = probe()
+        if durable < self.state["offset"]:
+            self.log(
+                f"[dualtrack] {self.sink_name}: the previous delivery stopped uncleanly; the backend holds the "
+                f"journal up to byte {durable} of {self.state['offset']} acknowledged: delivering the rest again"
+            )
+            self.save(offset=durable)
 
     def _restore_prefix(self) -> None:
         """Replay the key map of records that were delivered before this process started."""
@@ -275,6 +311,7 @@ class SinkWorker(threading.Thread):
             return
         if not self._open():
             return
+        self._rewind_to_durable()
         self._restore_prefix()
         self._link()
         status = self.state.get("last_status", "running")
@@ -311,13 +348,38 @@ class SinkWorker(threading.Thread):
                     if more:
                         continue
                 close_status = status if finished else None
+                # a short run can be fully delivered here before the other backend's run exists: wait
+                # (bounded, and cut short by a stop) so that each run still names the other
+                deadline = time.monotonic() + 10.0
+                while not self.links.wait_for_others(self.sink_name, 0.2):
+                    if self.stop.is_set() or time.monotonic() > deadline:
+                        break
+                self._link()
                 self._close(close_status)
                 return
             if self._wait(self.poll_interval):
                 break
         self._abandon()
 
+    def _await_links(self, timeout: float = 10.0) -> None:
+        """Before closing, give the other backends a moment to open so that this run links to them.
+
+        Only a peer that is still starting (not failing: a down server is not waited for) is waited for.
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self.stop.is_set():
+            published = self.links.others(self.sink_name)
+            pending = [
+                w for w in self.peers
+                if w is not self and not w.done and w.sink_name not in published and not w.state.get("last_error")
+            ]
+            if not pending:
+                break
+            time.sleep(0.1)
+        self._link()
+
     def _close(self, status: str | None) -> None:
+        self._await_links()
         backoff = Backoff()
         while True:
             try:
@@ -422,6 +484,9 @@ def run_shipper(
             SinkWorker(ctx, factory, name, links, stop, follow, parent_pid, interval, give_up_after=give_up_after, log=log)
             for name, factory in make_sink_factories(ctx, only).items()
         ]
+        links.expect({w.sink_name for w in workers})
+        for w in workers:
+            w.peers = workers
         for w in workers:
             w.start()
         while any(w.is_alive() for w in workers):
