@@ -29,6 +29,9 @@ quickstart: $(VENV)/.installed-runtime
 test: $(VENV)/.installed-dev
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+test-reliability: $(VENV)/.installed-dev
+	$(PY) -m pytest -m reliability $(PYTEST_ARGS)
+
 test-fast: $(VENV)/.installed-dev
 	$(PY) -m pytest -m "not slow and not reliability" $(PYTEST_ARGS)
 

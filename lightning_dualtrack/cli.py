@@ -109,8 +109,9 @@ def cmd_sync(args: argparse.Namespace) -> int:
     only = set(args.only) if args.only else None
     for run_dir in _run_dirs(args.run_dirs):
         try:
+            # right after a crash the orphaned shipper may still be finishing: wait for it
             run_shipper(run_dir, follow=False, poll_interval=0.2, give_up_after=args.timeout, only=only,
-                        log=lambda m: print(m, file=sys.stderr))
+                        log=lambda m: print(m, file=sys.stderr), lock_wait=args.wait)
         except ShipperBusy as err:
             print(f"dualtrack: {err}", file=sys.stderr)
             ok = False
@@ -135,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_sync.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p_sync.add_argument("--timeout", type=float, default=300.0, help="give up retrying a backend after this many seconds")
     p_sync.add_argument("--only", choices=["mlflow", "wandb"], action="append", help="deliver to this backend only")
+    p_sync.add_argument("--wait", type=float, default=60.0, help="wait this long for another process delivering the run")
     p_sync.set_defaults(func=cmd_sync)
     p_status = sub.add_parser("status", help="delivered / pending / rejected records per backend")
     p_status.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")

@@ -375,6 +375,7 @@ class DualTrackLogger(Logger):
         flat = redact_mapping(flat)
         new: dict[str, Any] = {}
         mlflow_text: dict[str, str] = {}
+        latest: dict[str, Any] = {}  # changed params: W&B's config keeps the latest value under the key
         for key, value in flat.items():
             if key in self._params:
                 if self._params[key] == value:
@@ -390,6 +391,7 @@ class DualTrackLogger(Logger):
                 )
                 self._params[key] = value
                 new_key = renamed
+                latest[key] = value
             else:
                 self._params[key] = value
                 new_key = key
@@ -406,6 +408,8 @@ class DualTrackLogger(Logger):
             record: dict[str, Any] = {"k": "params", "t": now_ms(), "v": new}
             if mlflow_text:
                 record["mlflow"] = mlflow_text
+            if latest:
+                record["wandb"] = latest
             self._append(journal, record)
 
     @rank_zero_only
@@ -737,6 +741,11 @@ class DualTrackLogger(Logger):
                     self._keymap.restore(key, stored)
             elif kind == "params":
                 self._params.update(rec["v"])
+                self._params.update(rec.get("wandb") or {})  # the latest value of a changed param
+                for key in rec["v"]:  # `lr.v2`: the next change of `lr` is `lr.v3`, not `lr.v2` again
+                    base, dot, n = key.rpartition(".v")
+                    if dot and n.isdigit() and base in self._params:
+                        self._param_versions[base] = max(self._param_versions.get(base, 1), int(n))
             elif kind == "metrics" and isinstance(rec.get("s"), int):
                 self._auto_step = max(self._auto_step, rec["s"] + 1)
 

@@ -112,11 +112,24 @@ def test_failed_enter_removes_its_own_temporary_workdir(tmp_path: Path) -> None:
     not os.environ.get("DUALTRACK_TEST_POSTGRES_URL"), reason="set DUALTRACK_TEST_POSTGRES_URL"
 )
 def test_server_on_postgresql_store(tmp_path: Path) -> None:
+    import psycopg2
     from mlflow import MlflowClient
+    from sqlalchemy.engine import make_url
 
-    url = os.environ["DUALTRACK_TEST_POSTGRES_URL"]
-    with MlflowServer(workdir=tmp_path, backend_store_uri=url) as server:
-        client = MlflowClient(server.url)
-        run_id = client.create_run(client.create_experiment(f"pg-{time.time_ns()}")).info.run_id
-        client.log_metric(run_id, "loss", 1.0)
-        assert client.get_run(run_id).data.metrics == {"loss": 1.0}
+    # a fresh database: PostgreSQL 15 refuses other roles' tables in the `public` schema of `postgres`
+    url = make_url(os.environ["DUALTRACK_TEST_POSTGRES_URL"])
+    name = f"dualtrack_server_test_{time.time_ns()}"
+    admin = psycopg2.connect(host=url.host, port=url.port or 5432, user=url.username, password=url.password,
+                             dbname=url.database or "postgres", connect_timeout=10)
+    admin.autocommit = True
+    admin.cursor().execute(f"CREATE DATABASE {name}")
+    try:
+        store = url.set(database=name).render_as_string(hide_password=False)
+        with MlflowServer(workdir=tmp_path, backend_store_uri=store) as server:
+            client = MlflowClient(server.url)
+            run_id = client.create_run(client.create_experiment(f"pg-{time.time_ns()}")).info.run_id
+            client.log_metric(run_id, "loss", 1.0)
+            assert client.get_run(run_id).data.metrics == {"loss": 1.0}
+    finally:
+        admin.cursor().execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.close()

@@ -16,6 +16,11 @@ from lightning_dualtrack.journal import Entry
 from lightning_dualtrack.sinks.base import STATUS_TO_EXIT, PermanentError, RunContext, Sink, TransientError
 
 STEP_KEY = "trainer/global_step"
+# Each history row carries the journal offset of the last record in it. ``run.log`` only hands a row
+# to wandb-core, which writes it later: if the delivery process dies first, rows it counted as
+# delivered are not in the run file. On resume, the highest offset in the run files says exactly what
+# W&B holds, and delivery restarts from there (no row lost, none written twice).
+OFFSET_KEY = "_dualtrack_offset"
 _MAX_TAG = 64
 
 
@@ -71,6 +76,8 @@ class WandbSink(Sink):
         self.run = None
         self._row: dict[str, Any] = {}
         self._row_step: int | None = None
+        self._row_offset = 0
+        self._entry_offset = 0
 
     # -- run lifecycle -------------------------------------------------------------------------
     def _settings(self, mode: str):
@@ -169,7 +176,13 @@ class WandbSink(Sink):
     def _flush_row(self) -> None:
         if self._row:
             row = dict(self._row)
+            if "" in row:  # W&B silently drops an empty key; MLflow stores it as "_" too
+                name = "_"
+                while name in row:
+                    name += "_"
+                row[name] = row.pop("")
             row[STEP_KEY] = self._row_step
+            row[OFFSET_KEY] = self._row_offset
             self._log(row)
             self._row = {}
             self._row_step = None
@@ -190,18 +203,24 @@ class WandbSink(Sink):
         for i, entry in enumerate(entries):
             rec = entry.record
             kind = rec.get("k")
+            self._entry_offset = entry.offset
             if kind == "metrics":
                 step = rec.get("s") or 0
-                if self._row and step != self._row_step:
+                # a new row for a new step, or for a key already in this row (a second value logged at
+                # the same step would otherwise overwrite the first)
+                if self._row and (step != self._row_step or not self._row.keys().isdisjoint(rec["v"])):
                     self._flush_row()
                     self.progress = i
                 self._row_step = step
+                self._row_offset = entry.offset
                 self._row.update(rec["v"])
                 continue
             self._flush_row()
             self.progress = i
             if kind == "params":
                 self.run.config.update(rec["v"], allow_val_change=True)
+                if rec.get("wandb"):  # a changed param: MLflow gets `key.vN`, W&B the latest under `key`
+                    self.run.config.update(rec["wandb"], allow_val_change=True)
             elif kind == "tags":
                 self._deliver_tags(rec["v"])
             elif kind in ("file", "image", "table", "cm", "model"):
@@ -219,7 +238,17 @@ class WandbSink(Sink):
             self.run.tags = tuple(dict.fromkeys([*(self.run.tags or ()), *new]))
 
     def _media_row(self, rec: dict[str, Any], value: Any) -> None:
-        self._log({rec["key"]: value, STEP_KEY: rec.get("s") or 0})
+        self._log({rec["key"]: value, STEP_KEY: rec.get("s") or 0, OFFSET_KEY: self._entry_offset})
+
+    def durable_offset(self) -> int:
+        """The journal offset up to which this run's files provably hold every row (0: none)."""
+        from lightning_dualtrack.wandb_file import read_runs
+
+        try:
+            history = read_runs(self.ctx.run_dir, self.ctx.run_id).history
+        except (FileNotFoundError, ValueError):
+            return 0
+        return max((int(row.get(OFFSET_KEY) or 0) for row in history), default=0)
 
     def _deliver_file(self, rec: dict[str, Any]) -> None:
         path = self.ctx.artifact_file(rec["path"])
