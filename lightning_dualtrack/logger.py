@@ -612,6 +612,34 @@ class DualTrackLogger(Logger):
             {"k": "register", "t": now_ms(), "name": model_name, "model_uri": model_uri, "ap": artifact_path, "description": description, "aliases": list(aliases)},
         )
 
+    @rank_zero_only
+    def push_to_hub(
+        self,
+        model: Any,
+        repo_id: str,
+        commit_message: str = "Upload model (lightning_dualtrack)",
+        private: bool | None = None,
+        metrics: Mapping[str, float] | None = None,
+        api: Any = None,
+    ) -> str | None:
+        """Upload safetensors weights, config (class names, preprocessing) and a model card to the HF Hub.
+
+        The folder is kept in the run (``hub/``) and logged to both backends; the Hub URL becomes the
+        ``hf.repo_url`` tag. A failed upload is a warning (strict mode: an error); returns the commit URL.
+        """
+        journal = self._journal or self._ensure_started()
+        from lightning_dualtrack.hub import push_to_hub as _push
+
+        folder = self.run_dir / "artifacts" / "hub"
+        try:
+            url = _push(model, repo_id, folder, commit_message=commit_message, private=private, metrics=metrics, api=api)
+        except Exception as err:  # noqa: BLE001 - network, credentials, missing package
+            self._fail(f"push_to_hub({repo_id!r}) failed: {type(err).__name__}: {err}; the folder is in {folder}")
+            return None
+        self._append(journal, {"k": "file", "t": now_ms(), "path": "artifacts/hub"})
+        self.set_tags({"hf.repo_id": repo_id, "hf.repo_url": url})
+        return url
+
     # -- internals ------------------------------------------------------------------------------------
     def _warn_once(self, key: str, message: str) -> None:
         if key in self._warned:

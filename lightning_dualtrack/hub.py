@@ -1,0 +1,94 @@
+"""Push a trained classifier to the Hugging Face Hub: safetensors weights, config, model card.
+
+The folder is written locally first (``write_hub_folder``, a pure function a test can inspect), then
+uploaded with ``HfApi.upload_folder``. The token comes from ``HF_TOKEN`` / ``huggingface-cli login``
+and is never logged. Optional: ``pip install lightning-dualtrack[hub]``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from lightning_dualtrack._imports import _HF_HUB_AVAILABLE
+from lightning_dualtrack.redact import redact_mapping
+
+
+def _hub_config(model: Any, extra: Mapping[str, Any] | None) -> dict[str, Any]:
+    config: dict[str, Any] = {"architecture": type(model).__name__}
+    hparams = getattr(model, "hparams", None)
+    if hparams:
+        from lightning_dualtrack.normalize import flatten_params
+
+        config["hparams"] = redact_mapping(flatten_params(dict(hparams)))
+    names = getattr(model, "class_names", None)
+    if names:
+        config["class_names"] = list(names)
+        config["id2label"] = {str(i): n for i, n in enumerate(names)}
+    preprocess = getattr(model, "preprocess_cfg", None)
+    if preprocess:
+        config["preprocessing"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(preprocess).items()}
+    config.update(extra or {})
+    return config
+
+
+def _model_card(repo_id: str, config: Mapping[str, Any], metrics: Mapping[str, float] | None) -> str:
+    lines = [
+        "---",
+        "library_name: pytorch",
+        "tags: [image-classification, lightning, open_clip, lightning-dualtrack]",
+        "---",
+        f"# {repo_id.split('/')[-1]}",
+        "",
+        f"`{config.get('architecture', 'model')}` trained with PyTorch Lightning and tracked with lightning_dualtrack.",
+        "",
+    ]
+    if config.get("class_names"):
+        lines += ["## Classes", "", ", ".join(f"`{c}`" for c in config["class_names"]), ""]
+    if config.get("preprocessing"):
+        lines += ["## Preprocessing", "", "```json", json.dumps(config["preprocessing"], indent=1), "```", ""]
+    if metrics:
+        lines += ["## Metrics", "", "| metric | value |", "| --- | --- |"]
+        lines += [f"| {k} | {v:.4g} |" for k, v in sorted(metrics.items())]
+        lines.append("")
+    lines += [
+        "## Use",
+        "",
+        "```python",
+        "from safetensors.torch import load_file",
+        "state_dict = load_file('model.safetensors')  # load into the architecture named in config.json",
+        "```",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_hub_folder(model: Any, folder: str | Path, repo_id: str, metrics: Mapping[str, float] | None = None,
+                     config: Mapping[str, Any] | None = None) -> Path:
+    """Write ``model.safetensors``, ``config.json`` and ``README.md`` (the model card) into ``folder``."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / "model.safetensors"))
+    cfg = _hub_config(model, config)
+    (folder / "config.json").write_text(json.dumps(cfg, indent=1, default=repr))
+    (folder / "README.md").write_text(_model_card(repo_id, cfg, metrics))
+    return folder
+
+
+def push_to_hub(model: Any, repo_id: str, folder: str | Path, commit_message: str = "Upload model (lightning_dualtrack)",
+                private: bool | None = None, metrics: Mapping[str, float] | None = None, api: Any = None) -> str:
+    """Write the folder and upload it; returns the commit URL. ``api`` defaults to ``huggingface_hub.HfApi()``."""
+    if api is None:
+        if not _HF_HUB_AVAILABLE:
+            raise ModuleNotFoundError(f"{_HF_HUB_AVAILABLE}. Install it with `pip install lightning-dualtrack[hub]`")
+        from huggingface_hub import HfApi
+
+        api = HfApi()
+    write_hub_folder(model, folder, repo_id, metrics=metrics)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message)
+    return str(getattr(info, "commit_url", info))
