@@ -39,6 +39,46 @@ LOCK_FILE = "shipper.lock"
 MAX_BATCH = 20_000
 
 
+_BOOST_LOCK = threading.Lock()
+_boosted = False
+
+
+def _descendant_pids(pid: int) -> list[int]:
+    try:
+        import psutil
+
+        return [c.pid for c in psutil.Process(pid).children(recursive=True)]
+    except Exception:  # noqa: BLE001 - best effort
+        return []
+
+
+def end_idle_priority() -> None:
+    """Training is over: run delivery (every thread, and wandb-core) at normal priority again.
+
+    SCHED_IDLE keeps delivery off the cores while training runs; after that, on a machine busy with
+    other jobs, it could starve delivery until ``finalize_timeout``. Scheduling policy is per thread
+    on Linux, so each task of this process and of its children is switched.
+    """
+    global _boosted
+    if not hasattr(os, "SCHED_OTHER"):
+        return
+    with _BOOST_LOCK:
+        if _boosted:
+            return
+        _boosted = True
+        for pid in [os.getpid(), *_descendant_pids(os.getpid())]:
+            try:
+                tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+            except OSError:
+                tids = [pid]
+            for tid in tids:
+                try:
+                    if os.sched_getscheduler(tid) == getattr(os, "SCHED_IDLE", -1):
+                        os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
+                except OSError:
+                    pass
+
+
 def state_path(run_dir: Path, sink: str) -> Path:
     return Path(run_dir) / STATE_DIR / f"{sink}.json"
 
@@ -322,6 +362,7 @@ class SinkWorker(threading.Thread):
                     kind = e.record.get("k")
                     if kind == "end":
                         status = e.record.get("status", "success")
+                        end_idle_priority()
                     elif kind == "start":
                         status = "running"
                     elif kind == "metrics" and e.record.get("s") is not None:
@@ -340,6 +381,8 @@ class SinkWorker(threading.Thread):
             self._link()
             self._health()
             finished = status != "running"
+            if finished or self._parent_gone():
+                end_idle_priority()
             if finished or not self.follow or self._parent_gone():
                 if not finished and self.follow:
                     # the training process died without finalize: one last look, then mark it crashed
