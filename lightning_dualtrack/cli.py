@@ -83,7 +83,9 @@ def _hints(status: dict[str, Any]) -> list[str]:
         out.append(f"  MLflow UI:  {where.split('  ->  ')[0]}" if "mlflow ui" in where else f"  MLflow UI:  {where}")
     wandb = status["backends"].get("wandb")
     if wandb and wandb.get("where") and "offline-run" in str(wandb["where"]):
-        out.append(f"  W&B:        offline run in {wandb['where']}  (upload: wandb sync {wandb['where']})")
+        # a resumed run (e.g. test after fit) writes one offline directory per session: upload them all
+        every = str(Path(wandb["where"]).parent / "offline-run-*")
+        out.append(f"  W&B:        offline run in {Path(wandb['where']).parent}  (upload: wandb sync {every})")
     elif wandb and wandb.get("where"):
         out.append(f"  W&B:        {wandb['where']}")
     return out
@@ -120,9 +122,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
         _print_status(status)
         if any(b["pending"] or not b["closed"] for n, b in status["backends"].items() if only is None or n in only):
             ok = False
-        wandb = status["backends"].get("wandb")
-        if wandb and wandb.get("where") and "offline" in str(wandb.get("where")):
-            print(f"  (W&B offline run: upload it to the W&B server with  wandb sync {wandb['where']})")
+        for line in _hints(status):
+            print(line)
     return 0 if ok else 1
 
 

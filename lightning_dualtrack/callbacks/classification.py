@@ -476,7 +476,11 @@ class ClassificationReport(Callback):
         # compute() syncs the counts across ranks: every rank must get here
         matrix = state.metric.compute().cpu().numpy()
         state.metric.reset()
-        summary = {name: value for name, value in summary_metrics(matrix).items() if name in _SUMMARY}
+        summary = {
+            name: value
+            for name, value in summary_metrics(matrix).items()
+            if name in _SUMMARY and not _logged_by_module(trainer, f"{stage}/{name}")
+        }
         for name, value in summary.items():
             trainer.callback_metrics[f"{stage}/{name}"] = torch.tensor(value)
         if trainer.is_global_zero:
@@ -617,6 +621,15 @@ class ClassificationReport(Callback):
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._finish("test", trainer, pl_module)
+
+
+def _logged_by_module(trainer: Trainer, key: str) -> bool:
+    """Whether the LightningModule logs ``key`` itself in the running loop (then it is not logged twice)."""
+    try:
+        results = trainer._results  # Lightning's result collection of the active loop: "<hook>.<key>"
+        return results is not None and any(name.split(".", 1)[-1] == key for name in results)
+    except Exception:  # noqa: BLE001 - private API: when unsure, log it
+        return False
 
 
 def _confidence(preds: torch.Tensor) -> torch.Tensor:
