@@ -37,7 +37,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from lightning_dualtrack import metadata as _metadata
 from lightning_dualtrack.journal import JournalError, JournalWriter, now_ms, repair_torn_tail
-from lightning_dualtrack.media import close_figure, image_to_png, write_json
+from lightning_dualtrack.media import close_figure, image_to_png
 from lightning_dualtrack.normalize import (
     MLFLOW_MAX_PARAM_VALUE,
     DroppedValue,
@@ -77,17 +77,10 @@ def _wandb_credentials_present() -> bool:
 
 def _safe_relpath(path: str, what: str = "artifact_path") -> str:
     """A relative POSIX path with no ``..``, absolute root or backslashes (warns if it had to change)."""
-    original = path
-    path = path.replace("\\", "/")
-    parts = [p for p in path.split("/") if p not in ("", ".", "..")]
+    parts = [p for p in path.replace("\\", "/").split("/") if p not in ("", ".", "..")]
     cleaned = "/".join(parts)
-    if cleaned != original.strip("/") or original.startswith("/") or ".." in original.split("/"):
-        if cleaned != original:
-            warnings.warn(
-                f"{what} {original!r} points outside the run; stored as {cleaned!r} instead",
-                DualTrackWarning,
-                stacklevel=3,
-            )
+    if cleaned != path:
+        warnings.warn(f"{what} {path!r} is not a plain relative path inside the run; stored as {cleaned!r}", DualTrackWarning, stacklevel=3)
     return cleaned
 
 
@@ -475,7 +468,7 @@ class DualTrackLogger(Logger):
                         cells.append(str(cell))
             data.append(cells)
         rel = f"{base}.json"
-        write_json(self.run_dir / rel, {"columns": columns, "data": data})
+        write_json_atomic(self.run_dir / rel, {"columns": columns, "data": data}, indent=None)
         self._append(journal, {"k": "table", "t": now_ms(), "s": step if step is not None else 0, "key": key, "path": rel, "media": media})
 
     @rank_zero_only
@@ -536,7 +529,7 @@ class DualTrackLogger(Logger):
         key = _safe_relpath(str(key), "confusion matrix key")
         base = f"artifacts/{key}" + (f"_step{step}" if step is not None else "")
         cells = matrix.tolist()
-        write_json(self.run_dir / f"{base}.json", {"title": title, "class_names": names, "matrix": cells, "step": step})
+        write_json_atomic(self.run_dir / f"{base}.json", {"title": title, "class_names": names, "matrix": cells, "step": step}, indent=None)
         csv_lines = ["actual\\predicted," + ",".join(names)]
         csv_lines += [f"{n}," + ",".join(str(v) for v in row) for n, row in zip(names, cells, strict=True)]
         self._write_payload(f"{base}.csv", ("\n".join(csv_lines) + "\n").encode("utf-8"))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -47,14 +46,6 @@ def close_figure(figure: Any) -> None:
             plt.close(figure)
         except Exception:  # noqa: BLE001 - closing is best effort
             pass
-
-
-def write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, ensure_ascii=False, allow_nan=True, default=repr)
-    os.replace(tmp, path)
 
 
 def render_confusion_matrix_pngs(run_dir: Path, rec: dict[str, Any]) -> list[str]:

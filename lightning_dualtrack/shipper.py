@@ -98,9 +98,6 @@ class Backoff:
         self.n += 1
         return delay
 
-    def reset(self) -> None:
-        self.n = 0
-
     def after(self, err: BaseException) -> float:
         """The next delay, or longer if the server asked for it (``Retry-After``, capped at 60 s)."""
         delay = self.next()
@@ -235,9 +232,6 @@ class SinkWorker(threading.Thread):
                 self.save(last_error=str(err)[:500], open=False)
                 if self._wait(backoff.after(err)) or self._gave_up():
                     return False
-                if self._parent_gone() and self.follow:
-                    # keep trying for a while: the journal is durable, and sync can finish the job
-                    pass
 
     def _rewind_to_durable(self) -> None:
         """After a delivery process died without closing the run: deliver again what the backend acked

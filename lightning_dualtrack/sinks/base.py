@@ -30,11 +30,16 @@ def read_json(path: Path, default: Any = None) -> Any:
         return default
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON so that a reader never sees half a file (tmp file + rename)."""
+def write_json_atomic(path: Path, data: Any, **dump_kwargs: Any) -> None:
+    """Write JSON so that a reader never sees half a file (tmp file + rename); makes the parent dir.
+
+    Defaults suit state files (indented, sorted); pass ``json.dump`` keywords to change them.
+    """
+    kwargs = {"indent": 1, "sort_keys": True, "default": repr, "ensure_ascii": False, **dump_kwargs}
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=1, sort_keys=True, default=repr)
+        json.dump(data, fh, **kwargs)
     os.replace(tmp, path)
 
 
@@ -69,9 +74,14 @@ class Sink:
 
     def __init__(self, ctx: RunContext) -> None:
         self.ctx = ctx
-        self.requests = 0
+        self._requests = 0
         self.bytes_uploaded = 0
         self.progress = 0  # entries of the current deliver() call already stored (for partial retries)
+
+    @property
+    def requests(self) -> int:
+        """Backend calls made so far (reported as health and in ``state/<sink>.json``)."""
+        return self._requests
 
     def open(self, state: dict[str, Any]) -> dict[str, Any]:
         """Create or resume the backend run; ``state`` is what a previous ``open`` returned (or {})."""

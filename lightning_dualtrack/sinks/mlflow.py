@@ -19,7 +19,7 @@ from lightning_dualtrack.journal import Entry
 from lightning_dualtrack.normalize import MLFLOW_MAX_TAG_VALUE, KeyMap, param_text
 from lightning_dualtrack.redact import strip_url_credentials
 from lightning_dualtrack.sinks.base import PermanentError, RunContext, Sink
-from lightning_dualtrack.sinks.mlflow_api import ClientApi, RestApi, classify
+from lightning_dualtrack.sinks.mlflow_api import ClientApi, RestApi
 
 MAX_METRICS = 1000
 MAX_PARAMS = 100
@@ -99,20 +99,17 @@ class MlflowSink(Sink):
             self._client = MlflowClient(tracking_uri=self.tracking_uri)
         return self._client
 
-    def _client_call(self, fn, *args, **kwargs):
-        self.requests += 1
-        try:
-            return fn(*args, **kwargs)
-        except Exception as err:  # noqa: BLE001 - every client error becomes Transient or Permanent
-            raise classify(err) from err
+    @property
+    def client_api(self) -> ClientApi:
+        """``MlflowClient`` calls, counted and classified like the hot-path ones."""
+        if getattr(self, "_client_api", None) is None:
+            self._client_api = self.api if isinstance(self.api, ClientApi) else ClientApi(self.client)
+        return self._client_api
 
     @property
-    def requests(self) -> int:
-        return self._requests + getattr(getattr(self, "api", None), "requests", 0)
-
-    @requests.setter
-    def requests(self, value: int) -> None:
-        self._requests = value - getattr(getattr(self, "api", None), "requests", 0)
+    def requests(self) -> int:  # type: ignore[override]
+        apis = {id(a): a for a in (self.api, getattr(self, "_client_api", None)) if a is not None}
+        return sum(a.requests for a in apis.values())
 
     # -- run lifecycle -------------------------------------------------------------------------
     def open(self, state: dict[str, Any]) -> dict[str, Any]:
@@ -223,7 +220,7 @@ class MlflowSink(Sink):
             ]
         for file, dest in files:
             if not self._upload_rest(file, dest):
-                self._client_call(self.client.log_artifact, self.run_id, str(file), dest)
+                self.client_api.call(self.client.log_artifact, self.run_id, str(file), dest)
             self.bytes_uploaded += file.stat().st_size
 
     def _upload_rest(self, file: Path, artifact_dir: str | None) -> bool:
@@ -270,21 +267,21 @@ class MlflowSink(Sink):
         name = rec["name"]
         client = self.client
         try:
-            self._client_call(client.create_registered_model, name)
+            self.client_api.call(client.create_registered_model, name)
         except PermanentError:
             pass  # already exists
         if rec.get("model_uri"):
             source = rec["model_uri"]
         else:
-            run = self._client_call(client.get_run, self.run_id)
+            run = self.client_api.call(client.get_run, self.run_id)
             source = f"{run.info.artifact_uri.rstrip('/')}/{rec['ap']}"
         # Idempotent on replay: reuse this run's version with the same source.
-        versions = self._client_call(client.search_model_versions, f"name='{name}' and run_id='{self.run_id}'")
+        versions = self.client_api.call(client.search_model_versions, f"name='{name}' and run_id='{self.run_id}'")
         version = next((v for v in versions if v.source == source), None)
         if version is None:
-            version = self._client_call(client.create_model_version, name, source, run_id=self.run_id, description=rec.get("description"))
+            version = self.client_api.call(client.create_model_version, name, source, run_id=self.run_id, description=rec.get("description"))
         for alias in rec.get("aliases") or []:
-            self._client_call(client.set_registered_model_alias, name, alias, version.version)
+            self.client_api.call(client.set_registered_model_alias, name, alias, version.version)
 
     def _upload_key_map(self) -> None:
         changed = self.keys.changed()

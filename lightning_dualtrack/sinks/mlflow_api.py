@@ -175,7 +175,8 @@ class ClientApi:
         self.client = client
         self.requests = 0
 
-    def _call(self, fn, *args, **kwargs):
+    def call(self, fn, *args, **kwargs):
+        """``fn(*args, **kwargs)``, counted, with errors mapped to Transient/Permanent."""
         self.requests += 1
         try:
             return fn(*args, **kwargs)
@@ -183,35 +184,35 @@ class ClientApi:
             raise classify(err) from err
 
     def experiment_id(self, name: str) -> str:
-        exp = self._call(self.client.get_experiment_by_name, name)
+        exp = self.call(self.client.get_experiment_by_name, name)
         if exp is not None:
             if exp.lifecycle_stage == "deleted":
                 raise PermanentError(f"MLflow experiment {name!r} is deleted; restore it or choose another name")
             return exp.experiment_id
         try:
-            return self._call(self.client.create_experiment, name)
+            return self.call(self.client.create_experiment, name)
         except PermanentError:
-            return self._call(self.client.get_experiment_by_name, name).experiment_id
+            return self.call(self.client.get_experiment_by_name, name).experiment_id
 
     def find_run(self, experiment_id: str, dualtrack_run_id: str) -> str | None:
-        found = self._call(
+        found = self.call(
             self.client.search_runs, [experiment_id], filter_string=f"tags.`dualtrack.run_id` = '{dualtrack_run_id}'", max_results=1
         )
         return found[0].info.run_id if found else None
 
     def create_run(self, experiment_id: str, start_time: int | None, tags: dict[str, str], run_name: str | None) -> str:
-        return self._call(self.client.create_run, experiment_id, start_time=start_time, tags=tags, run_name=run_name).info.run_id
+        return self.call(self.client.create_run, experiment_id, start_time=start_time, tags=tags, run_name=run_name).info.run_id
 
     def set_status(self, run_id: str, status: str, end_time: int | None = None) -> None:
         if status == "RUNNING":
-            self._call(self.client.update_run, run_id, status="RUNNING")
+            self.call(self.client.update_run, run_id, status="RUNNING")
         else:
-            self._call(self.client.set_terminated, run_id, status=status, end_time=end_time)
+            self.call(self.client.set_terminated, run_id, status=status, end_time=end_time)
 
     def log_batch(self, run_id: str, metrics=(), params=(), tags=()) -> None:
         from mlflow.entities import Metric, Param, RunTag
 
-        self._call(
+        self.call(
             self.client.log_batch,
             run_id,
             metrics=[Metric(k, v, t, s) for k, v, t, s in metrics],

@@ -188,7 +188,7 @@ class WandbSink(Sink):
             self._row_step = None
 
     def _log(self, row: dict[str, Any]) -> None:
-        self.requests += 1
+        self._requests += 1
         try:
             self.run.log(row)
         except (TypeError, ValueError) as err:
