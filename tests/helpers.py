@@ -72,18 +72,21 @@ def wandb_run(run_dir: Path, run_id: str):
     return read_runs(run_dir, run_id)
 
 
+def _lookup(row: dict, key: str) -> Any:
+    """A value of a W&B row: flat key first, else the nested form the reader gives multi-part keys."""
+    if key in row:
+        return row[key]
+    value: Any = row
+    for part in key.split("/"):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
 def wandb_values(run_dir: Path, run_id: str, key: str) -> list[tuple[int, Any]]:
     """(trainer/global_step, value) of every W&B history row holding ``key``."""
-    rows = wandb_run(run_dir, run_id).history
     out = []
-    for row in rows:
-        value = row
-        for part in [key]:
-            value = value.get(part) if isinstance(value, dict) else None
-        if value is None and "/" in key:  # the reader nests multi-part keys
-            value = row
-            for part in key.split("/"):
-                value = value.get(part) if isinstance(value, dict) else None
+    for row in wandb_run(run_dir, run_id).history:
+        value = _lookup(row, key)
         if value is not None:
-            out.append((row.get("trainer/global_step", row.get("trainer", {}).get("global_step")), value))
+            out.append((_lookup(row, "trainer/global_step"), value))
     return out

@@ -8,6 +8,7 @@ from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 from sklearn.metrics import precision_recall_fscore_support
 from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
 
+from lightning_dualtrack.har.classes import HAR_CLASSES
 from lightning_dualtrack.plots import (
     ANNOTATE_MAX_CLASSES,
     PER_CLASS_COLUMNS,
@@ -18,24 +19,6 @@ from lightning_dualtrack.plots import (
     per_class_metrics,
     summary_metrics,
 )
-
-HAR_CLASSES = [
-    "calling",
-    "clapping",
-    "cycling",
-    "dancing",
-    "drinking",
-    "eating",
-    "fighting",
-    "hugging",
-    "laughing",
-    "listening_to_music",
-    "running",
-    "sitting",
-    "sleeping",
-    "texting",
-    "using_laptop",
-]
 
 
 def _random_labels(num_classes, n, seed=0, absent=()):
@@ -158,8 +141,8 @@ def test_confusion_matrix_figure_for_15_classes_is_legible():
     fig = confusion_matrix_figure(matrix, HAR_CLASSES, title="val confusion")
     ax = fig.axes[0]
     assert ax.get_title() == "val confusion"
-    assert [t.get_text() for t in ax.get_xticklabels()] == HAR_CLASSES
-    assert [t.get_text() for t in ax.get_yticklabels()] == HAR_CLASSES
+    assert [t.get_text() for t in ax.get_xticklabels()] == list(HAR_CLASSES)
+    assert [t.get_text() for t in ax.get_yticklabels()] == list(HAR_CLASSES)
     assert all(t.get_rotation() == 45 for t in ax.get_xticklabels())
     # big enough for 15 rotated names: at least ~0.5 inch per cell
     assert fig.get_size_inches()[1] >= 15 * 0.45
