@@ -47,29 +47,48 @@ class JournalError(OSError):
 
 
 class JournalWriter:
-    """Appends records to ``<run_dir>/journal.jsonl``. Not thread-safe by design: one writer thread."""
+    """Appends records to ``<run_dir>/journal.jsonl``. Not thread-safe by design: one writer thread.
+
+    A record is written whole or not at all: when the disk refuses part of a line (full disk, I/O
+    error), the bytes that did reach the file are cut off again (``ftruncate``) before the error is
+    raised, so a later record never follows a torn line. Record fields: :mod:`lightning_dualtrack.records`.
+    """
 
     def __init__(self, run_dir: str | os.PathLike) -> None:
         self.path = Path(run_dir) / JOURNAL_NAME
         self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self.records_written = 0
+        self._torn = False  # a part-written line could not be cut back: end it before the next record
 
     @property
     def closed(self) -> bool:
         return self._fd is None
 
     def append(self, record: dict[str, Any]) -> None:
-        """Write one record; raises :class:`JournalError` if the disk refuses it."""
+        """Write one record; raises :class:`JournalError` if the disk refuses it (nothing of it is kept)."""
         if self._fd is None:
             raise JournalError("the journal is closed")
         data = (_dumps(record) + "\n").encode("utf-8", "surrogatepass")
+        if self._torn:
+            data = b"\n" + data
+        written = 0
         try:
             written = os.write(self._fd, data)
             while written < len(data):  # short writes only happen on a full disk or a signal
                 written += os.write(self._fd, data[written:])
         except OSError as err:
+            if written:
+                self._cut_back(written)
             raise JournalError(f"cannot append to {self.path}: {err}") from err
+        self._torn = False
         self.records_written += 1
+
+    def _cut_back(self, written: int) -> None:
+        """Remove the last ``written`` bytes (a part of a record) from the end of the file."""
+        try:
+            os.ftruncate(self._fd, os.fstat(self._fd).st_size - written)
+        except OSError:
+            self._torn = True
 
     def sync(self) -> None:
         """fsync: make the journal survive a power loss, not just a process crash."""

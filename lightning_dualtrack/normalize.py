@@ -10,7 +10,9 @@ Policies (also in the README, "What happens when..."):
 * **Params**: nested mappings, ``argparse.Namespace``, dataclasses and objects with ``__dict__`` are
   flattened with ``/``; lists and tuples of scalars are kept as lists (W&B config) and shown as their
   JSON text (MLflow); callables and other objects become their ``repr``. Nesting deeper than
-  ``max_depth`` is stored as the JSON text of the remaining subtree.
+  ``max_depth`` (8) is stored as the JSON text of the remaining subtree; a cycle, or nesting 32 levels
+  past that (or 32 levels of lists), is cut (``"<cycle>"``, ``"<too deep>"``) and reported. Two inputs
+  that flatten to one key are both kept (``key``, ``key_2``) and reported.
 * **MLflow keys**: characters outside ``[/\\w.\\- :]`` become ``_``; ``//``, leading/trailing ``/`` and
   ``.``/``..`` segments are removed; keys over 250 characters are cut and given a hash suffix. When two
   different keys would land on one stored key, the later one gets a ``_2``, ``_3``... suffix. Every key
@@ -26,12 +28,22 @@ import json
 import math
 import posixpath
 import re
-from collections.abc import Mapping
+import reprlib
+from collections.abc import Callable, Mapping
 from enum import Enum
 from pathlib import PurePath
 from typing import Any
 
 MLFLOW_MAX_KEY = 250
+MAX_FLAT_DEPTH = 8  # mappings flattened into `a/b/...` keys; deeper subtrees are stored as JSON text
+MAX_VALUE_DEPTH = 32  # levels of lists / JSON subtree kept inside one value; deeper is cut
+CYCLE_MARK = "<cycle>"
+DEPTH_MARK = "<too deep>"
+PREVIEW_CHARS = 200
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = PREVIEW_CHARS
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 8
+_REPR.maxlevel = 3
 MLFLOW_MAX_PARAM_VALUE = 6000
 MLFLOW_MAX_TAG_VALUE = 8000
 _MLFLOW_BAD_CHARS = re.compile(r"[^/\w.\- :]")
@@ -77,31 +89,77 @@ def _is_scalar(value: Any) -> bool:
     return value is None or isinstance(value, (str, int, float, bool))
 
 
-def _plain(value: Any) -> Any:
-    """A JSON-compatible form of a leaf param value."""
+def preview(value: Any, limit: int = PREVIEW_CHARS) -> str:
+    """``<type> <repr>`` cut to ``limit`` characters: what warnings quote of a value, never the whole.
+
+    Example:
+        >>> preview("x" * 1000, limit=20)
+        "str 'xxxxxxxxxxxxx..."
+    """
+    try:
+        text = _REPR.repr(value)
+    except Exception:  # noqa: BLE001 - a broken __repr__ must not break a warning
+        text = "<repr failed>"
+    text = f"{type(value).__name__} {text}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def short(text: str, limit: int = PREVIEW_CHARS) -> str:
+    """``text`` cut to ``limit`` characters (a key or path quoted in a warning)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class _Walk:
+    """State of one flatten: the problems seen (cycles, depth) and the containers on the current path."""
+
+    def __init__(self, on_problem: Callable[[str], None] | None) -> None:
+        self.on_problem = on_problem
+        self.active: set[int] = set()
+
+    def problem(self, message: str) -> None:
+        if self.on_problem is not None:
+            self.on_problem(message)
+
+
+def _plain(value: Any, walk: _Walk | None = None, path: str = "", depth: int = 0) -> Any:
+    """A JSON-compatible form of a leaf param value (lists may nest; cycles and depth are cut)."""
     if _is_scalar(value):
         if isinstance(value, float) and not math.isfinite(value):
             return str(value)
         return value
     if isinstance(value, Enum):
-        return _plain(value.value)
+        return _plain(value.value, walk, path, depth)
     if isinstance(value, PurePath):
         return str(value)
     if hasattr(value, "item") and getattr(value, "size", getattr(value, "numel", lambda: 2)) in (1,):
-        return _plain(value.item())
+        return _plain(value.item(), walk, path, depth)
     numel = getattr(value, "numel", None)
     if callable(numel) and numel() == 1:
-        return _plain(value.item())
+        return _plain(value.item(), walk, path, depth)
     if isinstance(value, (list, tuple, set, frozenset)):
+        walk = walk or _Walk(None)
+        if id(value) in walk.active:
+            walk.problem(f"param {short(path)!r} contains itself (a cycle); the inner reference is stored as {CYCLE_MARK!r}")
+            return CYCLE_MARK
+        if depth >= MAX_VALUE_DEPTH:
+            walk.problem(f"param {short(path)!r} nests lists deeper than {MAX_VALUE_DEPTH} levels; the rest is stored as {DEPTH_MARK!r}")
+            return DEPTH_MARK
         items = sorted(value, key=repr) if isinstance(value, (set, frozenset)) else value
-        return [_plain(v) for v in items]
+        walk.active.add(id(value))
+        try:
+            return [_plain(v, walk, path, depth + 1) for v in items]
+        finally:
+            walk.active.discard(id(value))
     if isinstance(value, type):
         return f"{value.__module__}.{value.__qualname__}"
     if callable(value):
         name = getattr(value, "__qualname__", None) or type(value).__qualname__
         module = getattr(value, "__module__", None)
         return f"{module}.{name}" if module else name
-    return repr(value)
+    try:
+        return repr(value)
+    except Exception as err:  # noqa: BLE001 - a broken __repr__ must not stop training
+        return f"<{type(value).__name__} (repr failed: {type(err).__name__})>"
 
 
 def _as_mapping(value: Any) -> Mapping[str, Any] | None:
@@ -114,8 +172,20 @@ def _as_mapping(value: Any) -> Mapping[str, Any] | None:
     return None
 
 
-def flatten_params(params: Any, sep: str = "/", max_depth: int = 8) -> dict[str, Any]:
+def flatten_params(
+    params: Any, sep: str = "/", max_depth: int = MAX_FLAT_DEPTH, on_problem: Callable[[str], None] | None = None
+) -> dict[str, Any]:
     """Flatten nested params into ``{"a/b/c": value}`` with JSON-compatible leaf values.
+
+    Never raises on the *content* (only when ``params`` itself is not a mapping):
+
+    * a mapping or list that contains itself (a cycle) stops there: the inner reference is stored as
+      ``"<cycle>"`` and ``on_problem`` is told the path;
+    * nesting deeper than ``max_depth`` mappings (8) is stored as the JSON text of the remaining subtree,
+      and inside that text (or a list) nesting past 32 more levels is cut to ``"<too deep>"`` (reported);
+    * two inputs that flatten to one key (``{"a/b": 1, "a": {"b": 2}}``) are both kept: the first under
+      the key, the next under ``key_2`` (``_3``... skipping any key the input already has), reported
+      naming both.
 
     Example:
         >>> flatten_params({"optim": {"lr": 0.1, "betas": (0.9, 0.99)}, "name": "x"})
@@ -124,31 +194,75 @@ def flatten_params(params: Any, sep: str = "/", max_depth: int = 8) -> dict[str,
     root = _as_mapping(params)
     if root is None:
         raise TypeError(f"Expected `params` to be a mapping, Namespace or dataclass, but got {type(params).__name__}")
-    out: dict[str, Any] = {}
+    walk = _Walk(on_problem)
+    entries: list[tuple[str, Any, tuple[str, ...]]] = []  # flat key, value, the path as given
 
-    def walk(prefix: str, mapping: Mapping[Any, Any], depth: int) -> None:
-        for raw_key, value in mapping.items():
-            key = f"{prefix}{sep}{raw_key}" if prefix else str(raw_key)
-            sub = _as_mapping(value)
-            if sub is not None and len(sub) > 0:
-                if depth >= max_depth:
-                    out[key] = json.dumps(_jsonable_tree(sub), default=repr, sort_keys=True)
+    def visit(prefix: str, parts: tuple[str, ...], mapping: Mapping[Any, Any], depth: int) -> None:
+        walk.active.add(id(mapping))
+        try:
+            for raw_key, value in mapping.items():
+                key = f"{prefix}{sep}{raw_key}" if prefix else str(raw_key)
+                here = (*parts, str(raw_key))
+                sub = _as_mapping(value)
+                if sub is not None and id(sub) in walk.active:
+                    walk.problem(f"param {short(key)!r} refers back to a mapping that contains it (a cycle); stored as {CYCLE_MARK!r}")
+                    entries.append((key, CYCLE_MARK, here))
+                elif sub is not None and len(sub) > 0:
+                    if depth >= max_depth:
+                        tree = _jsonable_tree(sub, walk, key, 0)
+                        entries.append((key, json.dumps(tree, default=repr, sort_keys=True), here))
+                    else:
+                        visit(key, here, sub, depth + 1)
+                elif sub is not None:
+                    entries.append((key, {}, here))
                 else:
-                    walk(key, sub, depth + 1)
-            elif sub is not None:
-                out[key] = {}
-            else:
-                out[key] = _plain(value)
+                    entries.append((key, _plain(value, walk, key), here))
+        finally:
+            walk.active.discard(id(mapping))
 
-    walk("", root, 1)
+    visit("", (), root, 1)
+    out: dict[str, Any] = {}
+    given: dict[str, tuple[str, ...]] = {}
+    taken = {key for key, _, _ in entries}
+    for key, value, parts in entries:
+        if key not in out:
+            out[key] = value
+            given[key] = parts
+            continue
+        n = 2
+        while f"{key}_{n}" in taken:
+            n += 1
+        stored = f"{key}_{n}"
+        taken.add(stored)
+        out[stored] = value
+        given[stored] = parts
+        walk.problem(
+            f"params {_describe(given[key])} and {_describe(parts)} both flatten to {short(key)!r}; "
+            f"the first is stored as {short(key)!r}, the second as {short(stored)!r}"
+        )
     return out
 
 
-def _jsonable_tree(value: Any) -> Any:
+def _describe(parts: tuple[str, ...]) -> str:
+    return repr(short(parts[0])) if len(parts) == 1 else short(" -> ".join(repr(p) for p in parts))
+
+
+def _jsonable_tree(value: Any, walk: _Walk | None = None, path: str = "", depth: int = 0) -> Any:
+    walk = walk or _Walk(None)
     sub = _as_mapping(value)
-    if sub is not None:
-        return {str(k): _jsonable_tree(v) for k, v in sub.items()}
-    return _plain(value)
+    if sub is None:
+        return _plain(value, walk, path, depth)
+    if id(sub) in walk.active:
+        walk.problem(f"param {short(path)!r} contains itself (a cycle); the inner reference is stored as {CYCLE_MARK!r}")
+        return CYCLE_MARK
+    if depth >= MAX_VALUE_DEPTH:
+        walk.problem(f"param {short(path)!r} nests deeper than {MAX_FLAT_DEPTH + MAX_VALUE_DEPTH} levels; the rest is stored as {DEPTH_MARK!r}")
+        return DEPTH_MARK
+    walk.active.add(id(sub))
+    try:
+        return {str(k): _jsonable_tree(v, walk, f"{path}/{k}", depth + 1) for k, v in sub.items()}
+    finally:
+        walk.active.discard(id(sub))
 
 
 def param_text(value: Any) -> str:
@@ -174,6 +288,22 @@ def sanitize_mlflow_key(key: str) -> str:
     return cleaned
 
 
+def key_change_reason(key: str, stored: str, taken_by: str | None = None) -> str:
+    """Why MLflow stores ``key`` as ``stored``, in words (for the warning that announces it)."""
+    reasons = []
+    if _MLFLOW_BAD_CHARS.search(key):
+        bad = sorted(set(_MLFLOW_BAD_CHARS.findall(key)))[:5]
+        reasons.append(f"MLflow keys allow only letters, digits, '_', '-', '.', ' ', ':' and '/' (not {''.join(bad)!r})")
+    if len(key) > MLFLOW_MAX_KEY:
+        reasons.append(f"MLflow keys are at most {MLFLOW_MAX_KEY} characters (this one has {len(key)})")
+    cleaned = _MLFLOW_BAD_CHARS.sub("_", key)
+    if cleaned and posixpath.normpath(cleaned) != cleaned or not key:
+        reasons.append("MLflow refuses empty keys and keys with empty, '.' or '..' path segments or a leading or trailing '/'")
+    if taken_by is not None:
+        reasons.append(f"its cleaned form is already the stored name of {short(taken_by)!r}")
+    return "; ".join(reasons) or "MLflow needs another form"
+
+
 class KeyMap:
     """Original key -> stored key for one backend, collision-free and stable for a run.
 
@@ -185,6 +315,7 @@ class KeyMap:
         self._sanitize = sanitize
         self.forward: dict[str, str] = {}
         self._taken: dict[str, str] = {}  # stored -> original
+        self.last_taken_by: str | None = None  # after add(): the key that held this key's clean form
 
     def get(self, key: str) -> str | None:
         return self.forward.get(key)
@@ -197,6 +328,7 @@ class KeyMap:
         base = self._sanitize(key)
         stored = base
         n = 2
+        self.last_taken_by = self._taken.get(base) if self._taken.get(base, key) != key else None
         while stored in self._taken and self._taken[stored] != key:
             suffix = f"_{n}"
             stored = base[: MLFLOW_MAX_KEY - len(suffix)] + suffix

@@ -13,7 +13,8 @@ line, the tracking URI):
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from argparse import Namespace
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 MASK = "***"
@@ -25,37 +26,121 @@ _SECRET_KEY = re.compile(
 # Keys that contain a secret-looking word but are not secrets (e.g. tokenizer settings).
 _NOT_SECRET_KEY = re.compile(r"(tokeni[sz]er|max_tokens|num_tokens|tokens_per|n_tokens|token_len|author)", re.IGNORECASE)
 
-_SECRET_VALUES = [
-    re.compile(r"(?<![0-9a-fA-F])[0-9a-f]{40}(?![0-9a-fA-F])"),  # W&B API key (40 hex)
-    re.compile(r"\b(?:local|v1)-[0-9a-zA-Z_]{20,}\b"),  # W&B local / v1 keys
-    re.compile(r"\bhf_[A-Za-z0-9]{20,}\b"),  # Hugging Face token
-    re.compile(r"\bsk-[A-Za-z0-9_\-]{20,}\b"),  # OpenAI-style key
-    re.compile(r"\bgh[pousr]_[A-Za-z0-9]{30,}\b"),  # GitHub token
-    re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"),  # AWS access key id
-    re.compile(r"\bdapi[0-9a-f]{32}\b"),  # Databricks token
-]
-_URL_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<creds>[^/@\s:]*(?::[^/@\s]*)?)@")
-_ARG_SECRET = re.compile(
-    r"^(?P<flag>--?[\w.\-]*(?:api[_-]?key|token|passw(?:or)?d|secret|credential)[\w.\-]*)(?P<sep>=)(?P<value>.+)$",
-    re.IGNORECASE,
+# Credential shapes, found in time linear in the length of the value (a 1 MB value costs
+# milliseconds; the former unanchored `[A-Za-z][...]*://` scan was quadratic). Every shape is made of
+# token characters, so the scan first finds the maximal runs of those (one C-level regex pass), then
+# checks each shape only where it may start: at the start of a run, after a `-` inside one, or where
+# its literal prefix occurs (`str.find`). No quantifier can backtrack across a run.
+_RUN = re.compile(r"[A-Za-z0-9_\-]{16,}")
+_HEX_RUN = re.compile(r"[0-9a-fA-F]{40,}")  # W&B API key: exactly 40 lowercase hex, not inside a longer hex run
+_AT_RUN_START = re.compile(r"(?:local|v1)-[0-9a-zA-Z_]{20,}|sk-[A-Za-z0-9_\-]{20,}")  # W&B local/v1 keys, OpenAI-style keys
+_AFTER_NON_WORD = (  # (literal prefix, shape): may start at a run's start or after a '-' in it
+    ("hf_", re.compile(r"hf_[A-Za-z0-9]{20,}")),  # Hugging Face token
+    ("gh", re.compile(r"gh[pousr]_[A-Za-z0-9]{30,}")),  # GitHub token
+    ("AKIA", re.compile(r"AKIA[0-9A-Z]{16}(?![A-Za-z0-9_])")),  # AWS access key id
+    ("ASIA", re.compile(r"ASIA[0-9A-Z]{16}(?![A-Za-z0-9_])")),
+    ("dapi", re.compile(r"dapi[0-9a-f]{32}(?![A-Za-z0-9_])")),  # Databricks token
 )
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>(?<![A-Za-z0-9+.\-])[A-Za-z][A-Za-z0-9+.\-]{0,40}://)(?P<creds>[^/@\s:]{0,1024}(?::[^/@\s]{0,1024})?)@")
+_URL_AT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]{0,40}://(?P<creds>[^/@\s:]{0,1024}(?::[^/@\s]{0,1024})?)@")
+_SCHEME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+.-")
+
+
+_HEX_TABLE = bytes((ord("l") if chr(c) in "0123456789abcdef" else ord("u") if chr(c) in "ABCDEF" else ord(".")) for c in range(256))
+_LONG_RUN = 4096
+
+
+def _hex_keys(value: str, a: int, b: int) -> list[tuple[int, int]]:
+    """Spans of exactly 40 lowercase hex digits not inside a longer hex run, in ``value[a:b]``."""
+    if b - a < _LONG_RUN:
+        return [m.span() for m in _HEX_RUN.finditer(value, a, b) if m.end() - m.start() == 40 and not any(c in "ABCDEF" for c in m.group())]
+    # a long run: classify each byte at C speed (lowercase hex / uppercase hex / other), then find runs
+    kinds = value[a:b].encode("ascii").translate(_HEX_TABLE)
+    spans, i, forty = [], kinds.find(b"l" * 40), b"l" * 40
+    while i >= 0:
+        j = kinds.find(b".", i)  # extend over the whole hex run
+        j = len(kinds) if j < 0 else j
+        i = kinds.rfind(b".", 0, i) + 1
+        if j - i == 40 and b"u" not in kinds[i:j]:
+            spans.append((a + i, a + j))
+        i = kinds.find(forty, j)
+    return spans
+
+
+def _token_spans(value: str) -> list[tuple[int, int]]:
+    spans = []
+    for run in _RUN.finditer(value):
+        a, b = run.span()
+        spans += _hex_keys(value, a, b)
+        m = _AT_RUN_START.match(value, a, b)
+        if m:
+            spans.append(m.span())
+        for prefix, shape in _AFTER_NON_WORD:
+            i = value.find(prefix, a, b)
+            while i >= 0:
+                if i == a or value[i - 1] == "-":
+                    m = shape.match(value, i, b)
+                    if m:
+                        spans.append(m.span())
+                i = value.find(prefix, i + 1, b)
+    return spans
+
+
+def _url_spans(value: str) -> list[tuple[int, int]]:
+    """The ``user:pass`` of each ``scheme://user:pass@`` (the scheme and ``@`` are kept)."""
+    spans = []
+    i = value.find("://")
+    while i >= 0:
+        start = i
+        while start > 0 and i - start < 41 and value[start - 1] in _SCHEME_CHARS:
+            start -= 1
+        while start < i and not value[start].isalpha():
+            start += 1
+        m = _URL_AT.match(value, start) if start < i else None
+        if m:
+            spans.append(m.span("creds"))
+        i = value.find("://", i + 3)
+    return spans
+
+
+# Flag and key segments that name a secret on their own (``--db-pass``, ``db_pwd``).
+_SECRET_SEGMENTS = frozenset({"pass", "pwd", "passphrase"})
+_SEGMENT_SPLIT = re.compile(r"[^A-Za-z0-9]+")
 
 
 def is_secret_key(key: str) -> bool:
-    """Whether a key's name says that its value is a secret."""
+    """Whether a key's name says that its value is a secret (``api_key``, ``db.password``, ``db_pass``...)."""
     if _NOT_SECRET_KEY.search(key):
         return False
-    return bool(_SECRET_KEY.search(key))
+    if _SECRET_KEY.search(key):
+        return True
+    return not _SECRET_SEGMENTS.isdisjoint(_SEGMENT_SPLIT.split(key.lower()))
 
 
 def redact_string(value: str) -> str:
-    """Replace every credential-shaped substring of ``value`` by ``***``."""
-    if not value:
+    """Replace every credential-shaped substring of ``value`` by ``***`` (time linear in its length).
+
+    Example:
+        >>> redact_string("key=hf_AbCdEfGhIjKlMnOpQrStUv url=https://bob:pw@host/x")
+        'key=*** url=https://***@host/x'
+    """
+    if not value or len(value) < 16 and "://" not in value:
         return value
-    value = _URL_CREDENTIALS.sub(lambda m: f"{m.group('scheme')}{MASK}@", value)
-    for pattern in _SECRET_VALUES:
-        value = pattern.sub(MASK, value)
-    return value
+    spans = _token_spans(value)
+    if "://" in value:
+        spans += _url_spans(value)
+    if not spans:
+        return value
+    spans.sort()
+    out, pos = [], 0
+    for a, b in spans:
+        if b <= pos:
+            continue
+        out.append(value[pos:max(a, pos)])
+        out.append(MASK)
+        pos = b
+    out.append(value[pos:])
+    return "".join(out)
 
 
 def redact_value(key: str, value: Any) -> Any:
@@ -64,6 +149,8 @@ def redact_value(key: str, value: Any) -> Any:
         return MASK
     if isinstance(value, str):
         return redact_string(value)
+    if isinstance(value, list):
+        return [redact_string(v) if isinstance(v, str) else v for v in value]
     return value
 
 
@@ -72,20 +159,53 @@ def redact_mapping(mapping: dict[str, Any]) -> dict[str, Any]:
     return {key: redact_value(key, value) for key, value in mapping.items()}
 
 
+def redact_tree(value: Any, _depth: int = 0) -> Any:
+    """Redact nested data (checkpoint hyperparameters, ``log_dict`` payloads): secret keys at any depth
+    are masked, credential-shaped strings masked anywhere; containers keep their type where they can."""
+    if _depth > 64:
+        return value
+    if isinstance(value, Mapping):
+        items = {k: (MASK if isinstance(k, str) and is_secret_key(k) and v not in (None, "", False) else redact_tree(v, _depth + 1)) for k, v in value.items()}
+        try:
+            return type(value)(items)
+        except Exception:  # noqa: BLE001 - a mapping type that cannot be built from a dict
+            return items
+    if isinstance(value, Namespace):
+        return Namespace(**redact_tree(vars(value), _depth + 1))
+    if isinstance(value, list):
+        return [redact_tree(v, _depth + 1) for v in value]
+    if type(value) is tuple:
+        return tuple(redact_tree(v, _depth + 1) for v in value)
+    if isinstance(value, str):
+        return redact_string(value)
+    return value
+
+
+def is_secret_flag(arg: str) -> bool:
+    """Whether a command-line flag names a secret (``--db-pass``, ``--API_KEY``, ``-token``): ``-`` and ``_`` alike."""
+    return arg.startswith("-") and is_secret_key(arg.lstrip("-").replace("-", "_"))
+
+
 def redact_argv(argv: Iterable[str]) -> list[str]:
-    """Redact a command line: ``--api-key=X`` and ``--token X`` forms, and credential-shaped values."""
+    """Redact a command line: ``--api-key=X`` and ``--db-pass X`` forms, and credential-shaped values.
+
+    Example:
+        >>> redact_argv(["train.py", "--DB-Pass", "hunter2", "--lr", "0.1", "--token=abc"])
+        ['train.py', '--DB-Pass', '***', '--lr', '0.1', '--token=***']
+    """
     out: list[str] = []
     mask_next = False
     for arg in argv:
-        if mask_next:
+        if mask_next and not arg.startswith("--"):
             out.append(MASK)
             mask_next = False
             continue
-        match = _ARG_SECRET.match(arg)
-        if match:
-            out.append(f"{match.group('flag')}={MASK}")
+        mask_next = False
+        flag, eq, _value = arg.partition("=")
+        if eq and is_secret_flag(flag):
+            out.append(f"{flag}={MASK}")
             continue
-        if arg.startswith("-") and "=" not in arg and is_secret_key(arg.lstrip("-")):
+        if not eq and is_secret_flag(arg):
             out.append(arg)
             mask_next = True
             continue

@@ -1,0 +1,228 @@
+"""Input policies: what the facade does with each thing a user logs, before the journal sees it.
+
+Every input gets a clear outcome and none raises into training (unless ``strict=True``, where a
+refused input raises ``ValueError`` with the same message the warning would have had):
+
+* **keys** (:class:`KeyRules`): non-string keys become their ``str``; credential-shaped parts are
+  masked; the reserved keys ``trainer/global_step`` and ``_dualtrack_offset`` (the W&B sink's step
+  and replay offset) are refused; a key MLflow cannot store is stored there under a clean form,
+  announced once with what was stored and why, and journalled (``keymap``) so a replay maps it alike.
+* **metric values**: see :func:`~lightning_dualtrack.normalize.to_float`; a value that is no number is
+  dropped with a warning quoting its type and a short preview.
+* **params** (:class:`ParamRules`): flattened (cycles and depth cut, merged keys kept apart), secrets
+  masked, and a changed value stored as ``key.vN`` (never a name the user has taken).
+
+MLflow's own rules (the key map, the 6000-character param limit, the ``.vN`` renames) are applied
+here, on the caller's thread, and not in the MLflow sink: the user is told at the call what is stored
+(a sink runs later, in another process, where a warning reaches nobody), and the decisions are
+journalled so every replay by ``dualtrack sync`` stores the same. The rules import nothing of MLflow.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+from lightning_dualtrack.normalize import (
+    MLFLOW_MAX_PARAM_VALUE,
+    KeyMap,
+    flatten_params,
+    key_change_reason,
+    param_text,
+    preview,
+    short,
+)
+from lightning_dualtrack.redact import redact_mapping, redact_string
+
+RESERVED_METRIC_KEYS = frozenset({"trainer/global_step", "_dualtrack_offset"})
+_PACKAGES = ("lightning_dualtrack.", "lightning.", "lightning_utilities.", "pytorch_lightning.")
+
+
+class DualTrackWarning(UserWarning):
+    """A problem the logger handled (and said what it did) without stopping training."""
+
+
+def _user_stacklevel() -> int:
+    """The stacklevel that points a warning at the first frame outside this package and Lightning."""
+    frame, level = sys._getframe(2), 2
+    while frame is not None and frame.f_globals.get("__name__", "").startswith(_PACKAGES):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+class Messages:
+    """Warnings (once per subject) and, in strict mode, errors with the same text."""
+
+    def __init__(self, strict: bool) -> None:
+        self.strict = strict
+        self.warned: set[str] = set()
+
+    def warn(self, message: str) -> None:
+        warnings.warn(message, DualTrackWarning, stacklevel=_user_stacklevel())
+
+    def warn_once(self, subject: str, message: str) -> None:
+        if subject not in self.warned:
+            self.warned.add(subject)
+            self.warn(message)
+
+    def fail(self, message: str) -> None:
+        """A refused input: ``ValueError`` in strict mode, else a warning."""
+        if self.strict:
+            raise ValueError(message)
+        self.warn(message)
+
+    def fail_once(self, subject: str, message: str) -> None:
+        if self.strict:
+            raise ValueError(message)
+        self.warn_once(subject, message)
+
+
+class KeyRules:
+    """Metric, param and tag keys: the journal's key (``str``, no credential, not reserved) and MLflow's."""
+
+    def __init__(self, messages: Messages, journal_keymap: Callable[[dict[str, str]], None]) -> None:
+        self.messages = messages
+        self.keymap = KeyMap()
+        self.metric_keys: dict[Any, str | None] = {}  # as given -> journal key (None: refused); the hot path's cache
+        self._journal_keymap = journal_keymap
+        self._masked: dict[str, Any] = {}  # journal key made by masking -> the key it came from
+        self._announced: set[str] = set()  # keys whose MLflow form was journalled and announced
+
+    def restore(self, key: str, stored: str) -> None:
+        """Re-install a mapping read back from the journal (resume): not announced again."""
+        self.keymap.restore(key, stored)
+        self._announced.add(key)
+
+    def metric_key(self, key: Any) -> str | None:
+        """The journal key for a metric key seen for the first time (cached), or None when refused."""
+        name = key if type(key) is str else str(key)
+        if name is not key:
+            self.messages.warn_once(f"key-type:{name}", f"metric key {short(repr(key))} is a {type(key).__name__}; stored as {short(name)!r}")
+        name = self.mask(name, key, "metric key")
+        if name in RESERVED_METRIC_KEYS:
+            self.metric_keys[key] = None
+            self.messages.fail_once(
+                f"reserved:{name}",
+                f"metric key {name!r} is reserved (the W&B sink writes it into every row); this metric is not stored. "
+                f"Log it under another name, e.g. {name.strip('_').replace('/', '_') + '_user'!r}",
+            )
+            return None
+        self.register(name)
+        self.metric_keys[key] = name
+        return name
+
+    def mask(self, name: str, original: Any, what: str) -> str:
+        """``name`` with credential-shaped parts masked; two keys never mask to one (a ``_2`` suffix)."""
+        clean = redact_string(name)
+        if clean == name:
+            return name
+        base, n = clean, 2
+        while self._masked.get(clean, original) != original:
+            clean, n = f"{base}_{n}", n + 1
+        self._masked[clean] = original
+        self.messages.warn_once(
+            f"masked:{clean}", f"{what} holds a credential-shaped string; stored as {short(clean)!r} (the credential is not written anywhere)"
+        )
+        return clean
+
+    def register(self, key: str) -> str:
+        """Map ``key`` to MLflow's form; announce and journal it when it differs. Returns MLflow's key."""
+        stored, changed = self.keymap.add(key)
+        if changed and key not in self._announced:
+            self._announced.add(key)
+            self._journal_keymap({key: stored})
+            self.messages.warn(
+                f"key {short(key)!r} is stored in MLflow as {short(stored)!r} because "
+                f"{key_change_reason(key, stored, self.keymap.last_taken_by)}; W&B keeps {short(key)!r}",
+            )
+        return stored
+
+
+class ParamUpdate:
+    """What one ``log_params`` call stores: new keys, MLflow texts for long values, W&B's latest values."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}  # journal key -> value (a changed param under its `.vN` key)
+        self.long: dict[str, str] = {}  # journal key -> full text, for values over MLflow's limit
+        self.latest: dict[str, Any] = {}  # changed params: W&B's config keeps the latest under the key
+
+
+class ParamRules:
+    """Flatten, redact and version params; remembers what was stored (restored on resume)."""
+
+    def __init__(self, messages: Messages, keys: KeyRules) -> None:
+        self.messages = messages
+        self.keys = keys
+        self.values: dict[str, Any] = {}  # every journal key stored so far -> its value
+        self.versions: dict[str, int] = {}  # key -> the last N of its `.vN` renames
+        self.renames: set[str] = set()  # journal keys made by a rename
+        self.aliases: dict[str, str] = {}  # a user key that an earlier rename had taken -> where it is stored
+
+    def flatten(self, params: Any) -> dict[str, Any] | None:
+        try:
+            flat = flatten_params(params, on_problem=lambda message: self.messages.fail_once(message, message))
+        except TypeError as err:
+            self.messages.fail(f"log_params: {err}; nothing logged")
+            return None
+        return redact_mapping(flat)
+
+    def update(self, flat: dict[str, Any]) -> ParamUpdate:
+        out = ParamUpdate()
+        for key, value in flat.items():
+            key = self.keys.mask(key, key, "param key")
+            key = self.aliases.get(key, key)
+            if key in self.renames:  # the user logs a name an earlier rename made (`lr.v2`)
+                alias = self._free(f"{key}_", 2)
+                self.messages.warn_once(
+                    f"rename-taken:{key}",
+                    f"param {short(key)!r} is already the MLflow name of a changed param ({short(key.rpartition('.v')[0])!r}); "
+                    f"this param is stored as {short(alias)!r} in both backends",
+                )
+                self.aliases[key] = key = alias
+            if key in self.values:
+                if self.values[key] == value:
+                    continue
+                new_key = self._rename(key, value)
+                out.latest[key] = value
+            else:
+                new_key = key
+            self.values[key] = value
+            self.keys.register(new_key)
+            text = param_text(value)
+            if len(text) > MLFLOW_MAX_PARAM_VALUE:
+                out.long[new_key] = text
+            out.values[new_key] = value
+        return out
+
+    def _free(self, stem: str, n: int) -> str:
+        while f"{stem}{n}" in self.values:
+            n += 1
+        return f"{stem}{n}"
+
+    def _rename(self, key: str, value: Any) -> str:
+        n = self.versions.get(key, 1) + 1
+        while f"{key}.v{n}" in self.values:  # never a key the user logged (`lr.v2` given as a param)
+            n += 1
+        self.versions[key] = n
+        renamed = f"{key}.v{n}"
+        self.renames.add(renamed)
+        old = self.values[key]
+        self.messages.warn_once(
+            f"param-change:{key}:{n}",
+            f"param {short(key)!r} changed from {preview(old, 80)} to {preview(value, 80)}; MLflow params cannot change, "
+            f"so the new value is stored as {short(renamed)!r} (W&B config keeps the latest under {short(key)!r})",
+        )
+        self.values[renamed] = value
+        return renamed
+
+    def restore(self, rec: dict[str, Any]) -> None:
+        """Re-read a ``params`` record of an earlier session (resume): a later change is then seen."""
+        self.values.update(rec["v"])
+        self.values.update(rec.get("wandb") or {})  # the latest value of a changed param
+        for key in rec["v"]:  # `lr.v2`: the next change of `lr` is `lr.v3`, not `lr.v2` again
+            base, dot, n = key.rpartition(".v")
+            if dot and n.isdigit() and base in self.values:
+                self.versions[base] = max(self.versions.get(base, 1), int(n))
+                self.renames.add(key)
