@@ -33,13 +33,15 @@ _NOT_SECRET_KEY = re.compile(r"(tokeni[sz]er|max_tokens|num_tokens|tokens_per|n_
 # its literal prefix occurs (`str.find`). No quantifier can backtrack across a run.
 _RUN = re.compile(r"[A-Za-z0-9_\-]{16,}")
 _HEX_RUN = re.compile(r"[0-9a-fA-F]{40,}")  # W&B API key: exactly 40 lowercase hex, not inside a longer hex run
-_AT_RUN_START = re.compile(r"(?:local|v1)-[0-9a-zA-Z_]{20,}|sk-[A-Za-z0-9_\-]{20,}")  # W&B local/v1 keys, OpenAI-style keys
-_AFTER_NON_WORD = (  # (literal prefix, shape): may start at a run's start or after a '-' in it
-    ("hf_", re.compile(r"hf_[A-Za-z0-9]{20,}")),  # Hugging Face token
-    ("gh", re.compile(r"gh[pousr]_[A-Za-z0-9]{30,}")),  # GitHub token
-    ("AKIA", re.compile(r"AKIA[0-9A-Z]{16}(?![A-Za-z0-9_])")),  # AWS access key id
-    ("ASIA", re.compile(r"ASIA[0-9A-Z]{16}(?![A-Za-z0-9_])")),
-    ("dapi", re.compile(r"dapi[0-9a-f]{32}(?![A-Za-z0-9_])")),  # Databricks token
+_AT_RUN_START = re.compile(r"(?:local|v1)-[0-9a-zA-Z_]{20,}")  # W&B local / v1 keys
+_AFTER_NON_WORD = (  # (literal prefix, shape): may start at a run's start or after a '-' or '_' in it
+    ("sk-", re.compile(r"sk-[A-Za-z0-9_\-]{20,}")),  # OpenAI-style key
+)
+_ALNUM_SHAPES = re.compile(  # the same rule; shapes of letters and digits only after their prefix
+    r"hf_[A-Za-z0-9]{20,}"  # Hugging Face token
+    r"|gh[pousr]_[A-Za-z0-9]{30,}"  # GitHub token
+    r"|(?:AKIA|ASIA)[0-9A-Z]{16}(?![A-Za-z0-9_])"  # AWS access key id
+    r"|dapi[0-9a-f]{32}(?![A-Za-z0-9_])"  # Databricks token
 )
 _URL_CREDENTIALS = re.compile(r"(?P<scheme>(?<![A-Za-z0-9+.\-])[A-Za-z][A-Za-z0-9+.\-]{0,40}://)(?P<creds>[^/@\s:]{0,1024}(?::[^/@\s]{0,1024})?)@")
 _URL_AT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]{0,40}://(?P<creds>[^/@\s:]{0,1024}(?::[^/@\s]{0,1024})?)@")
@@ -75,14 +77,19 @@ def _token_spans(value: str) -> list[tuple[int, int]]:
         m = _AT_RUN_START.match(value, a, b)
         if m:
             spans.append(m.span())
+        for m in _ALNUM_SHAPES.finditer(value, a, b):  # no '-' or '_' inside: a rejected match hides no start
+            if m.start() == a or value[m.start() - 1] in "-_":
+                spans.append(m.span())
         for prefix, shape in _AFTER_NON_WORD:
             i = value.find(prefix, a, b)
             while i >= 0:
-                if i == a or value[i - 1] == "-":
+                nxt = i + 1
+                if i == a or value[i - 1] in "-_":
                     m = shape.match(value, i, b)
                     if m:
                         spans.append(m.span())
-                i = value.find(prefix, i + 1, b)
+                        nxt = m.end()  # all of it is masked: never rescan inside a match (linear)
+                i = value.find(prefix, nxt, b)
     return spans
 
 
@@ -127,7 +134,7 @@ def redact_string(value: str) -> str:
     if not value or len(value) < 16 and "://" not in value:
         return value
     spans = _token_spans(value)
-    if "://" in value:
+    if "://" in value and "@" in value:
         spans += _url_spans(value)
     if not spans:
         return value

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import pickle
 
 import numpy as np
@@ -147,3 +149,174 @@ def test_create_tracker(tmp_path) -> None:
 
     tracker = create_tracker(use_wandb=False, experiment_name="e", save_dir=tmp_path)
     assert tracker._wandb_enabled is False and tracker._mlflow_enabled and tracker.name == "e"
+
+
+# -- every input a clear outcome (issue 10, items 2 and 5) --------------------------------------------
+def messages(caught) -> list[str]:
+    return [str(w.message) for w in caught if issubclass(w.category, DualTrackWarning)]
+
+
+def test_a_cyclic_param_is_cut_with_a_warning_naming_the_path(tmp_path) -> None:
+    logger = journal_logger(tmp_path)
+    hparams: dict = {"lr": 0.1, "model": {"width": 8}}
+    hparams["model"]["parent"] = hparams
+    layers: list = [1, 2]
+    layers.append(layers)
+    hparams["layers"] = layers
+    with pytest.warns(DualTrackWarning) as caught:
+        logger.log_params(hparams)
+    text = "\n".join(messages(caught))
+    assert "'model/parent'" in text and "cycle" in text and "'layers'" in text
+    assert records(logger, "params")[0]["v"] == {"lr": 0.1, "model/width": 8, "model/parent": "<cycle>", "layers": [1, 2, "<cycle>"]}
+
+
+def test_params_nested_past_the_depth_limit_are_cut_not_raised(tmp_path) -> None:
+    logger = journal_logger(tmp_path)
+    deep: dict = {}
+    node = deep
+    for _ in range(3000):  # deeper than Python's recursion limit
+        node["x"] = {}
+        node = node["x"]
+    with pytest.warns(DualTrackWarning, match="nests deeper than 40 levels"):
+        logger.log_params({"deep": deep, "lr": 0.1})
+    (values,) = [r["v"] for r in records(logger, "params")]
+    assert values["lr"] == 0.1 and "<too deep>" in values["deep/x/x/x/x/x/x/x"]
+
+
+def test_strict_mode_raises_with_the_warning_text(tmp_path) -> None:
+    hparams: dict = {"a": 1}
+    hparams["self"] = hparams
+    with pytest.warns(DualTrackWarning) as caught:
+        journal_logger(tmp_path / "lenient").log_params(hparams)
+    with pytest.raises(ValueError) as raised:
+        journal_logger(tmp_path / "strict", strict=True).log_params(hparams)
+    assert str(raised.value) == messages(caught)[0]
+
+
+def test_two_inputs_flattening_to_one_key_are_both_kept(tmp_path) -> None:
+    logger = journal_logger(tmp_path)
+    with pytest.warns(DualTrackWarning, match=r"params 'a/b' and 'a' -> 'b' both flatten to 'a/b'.*second as 'a/b_2'"):
+        logger.log_params({"a/b": 1, "a": {"b": 2}})
+    assert records(logger, "params")[0]["v"] == {"a/b": 1, "a/b_2": 2}
+
+
+def test_the_rename_of_a_changed_param_never_takes_a_user_key(tmp_path) -> None:
+    logger = journal_logger(tmp_path)
+    logger.log_params({"lr": 0.1, "lr.v2": "mine"})
+    with pytest.warns(DualTrackWarning, match="stored as 'lr.v3'"):
+        logger.log_params({"lr": 0.2})
+    with pytest.warns(DualTrackWarning, match=r"'lr.v4' is already the MLflow name of a changed param"):
+        logger.log_params({"lr": 0.3})  # -> lr.v4
+        logger.log_params({"lr.v4": "also mine"})  # a user key that a rename took: stored elsewhere
+    assert [r["v"] for r in records(logger, "params")] == [{"lr": 0.1, "lr.v2": "mine"}, {"lr.v3": 0.2}, {"lr.v4": 0.3}, {"lr.v4_2": "also mine"}]
+
+
+@pytest.mark.parametrize("key", ["trainer/global_step", "_dualtrack_offset"])
+def test_reserved_metric_keys_are_refused_naming_the_key(tmp_path, key) -> None:
+    logger = journal_logger(tmp_path)
+    with pytest.warns(DualTrackWarning, match=f"metric key '{key}' is reserved"):
+        logger.log_metrics({key: 5.0, "ok": 1.0}, step=3)
+    assert records(logger, "metrics")[0]["v"] == {"ok": 1.0}
+
+
+def test_the_stored_key_message_says_what_was_stored_and_why(tmp_path) -> None:
+    logger = journal_logger(tmp_path)
+    with pytest.warns(DualTrackWarning) as caught:
+        logger.log_metrics({"acc@1": 0.5}, step=0)
+    (message,) = messages(caught)
+    assert "stored in MLflow as 'acc_1' because MLflow keys allow only" in message and "'@'" in message
+    assert "W&B keeps 'acc@1'" in message and "not valid" not in message
+
+
+def test_warnings_quote_a_short_preview_never_the_whole_value(tmp_path) -> None:
+    logger = journal_logger(tmp_path)
+    img = np.zeros((40, 40, 3), np.uint8)
+    with pytest.warns(DualTrackWarning) as caught:
+        logger.log_image("samples", [img])  # WandbLogger's argument order
+        logger.log_image(img, [img])  # a name that is not a string
+        logger.log_metrics({"big": torch.ones(1000)}, step=0)
+    assert len(messages(caught)) == 3 and all(len(m) < 400 for m in messages(caught)), messages(caught)
+    assert [r["key"] for r in records(logger, "image")] == ["samples"]
+
+
+@pytest.mark.parametrize("code", ["ENOSPC", "EIO", "EROFS"])
+def test_a_refused_payload_write_warns_once_per_kind_and_the_run_goes_on(tmp_path, monkeypatch, code) -> None:
+    import errno
+
+    from lightning_dualtrack.run import payloads
+
+    def refuse(*args, **kwargs):
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
+
+    monkeypatch.setattr(payloads, "write_json_atomic", refuse)
+    monkeypatch.setattr(payloads, "image_to_png", refuse)
+    logger = journal_logger(tmp_path)
+    with pytest.warns(DualTrackWarning) as caught:
+        for step in range(3):
+            logger.log_table("t", ["a"], [[step]], step=step)
+            logger.log_confusion_matrix([[1, 0], [0, 1]], ["x", "y"], step=step)
+            logger.log_image(np.zeros((4, 4, 3), np.uint8), "img", step=step)
+            logger.log_metrics({"loss": 1.0 / (step + 1)}, step=step)
+    found = messages(caught)
+    assert len(found) == 3 and all(code in m for m in found), found  # one per kind: table, confusion matrix, image
+    assert [r["s"] for r in records(logger, "metrics")] == [0, 1, 2]
+    assert records(logger, "table") == records(logger, "cm") == records(logger, "image") == []
+    monkeypatch.setattr(payloads, "write_json_atomic", refuse)
+    with pytest.raises(OSError, match=f"{code}.*training goes on"):
+        journal_logger(tmp_path / "strict", strict=True).log_table("t", ["a"], [[1]])
+
+
+def test_credentials_are_masked_in_keys_tags_cells_text_and_file_names(tmp_path) -> None:
+    secret = "sk-" + "Q" * 32
+    logger = journal_logger(tmp_path)
+    src = tmp_path / f"weights-{secret}.bin"
+    src.write_bytes(b"w")
+    with pytest.warns(DualTrackWarning):
+        logger.log_metrics({f"loss_{secret}": 1.0}, step=0)
+        logger.set_tags({"note": f"key {secret}", f"tag_{secret}": "x"})
+        logger.log_table("t", ["c", secret], [[secret, 1]])
+        logger.log_text(f"the key is {secret}", f"notes/{secret}.txt")
+        logger.log_dict({"nested": {"api_key": "plain-secret-value", "msg": secret}}, "d")
+        logger.log_artifact(src)
+    stored = [p for p in logger.run_dir.rglob("*") if p.is_file()]
+    assert all(secret not in str(p) for p in stored)
+    assert not any(secret.encode() in p.read_bytes() or b"plain-secret-value" in p.read_bytes() for p in stored)
+    assert any(p.name == "weights-***.bin" for p in stored)
+
+
+def test_a_generated_run_name_is_stored_once_for_both_backends(tmp_path) -> None:
+    logger = journal_logger(tmp_path, run_id="abcd1234")
+    logger.log_metrics({"x": 1.0}, step=0)
+    logger.finalize("success")
+    name = json.loads((logger.run_dir / "run.json").read_text())["run_name"]
+    assert name.endswith("-abcd1234") and len(name.split("-")) == 3
+    again = journal_logger(tmp_path, run_id="abcd1234")
+    again.log_metrics({"x": 2.0}, step=1)
+    assert json.loads((logger.run_dir / "run.json").read_text())["run_name"] == name  # a resumed run keeps it
+    named = journal_logger(tmp_path, run_name="my run")
+    named.log_metrics({"x": 1.0}, step=0)
+    assert json.loads((named.run_dir / "run.json").read_text())["run_name"] == "my run"
+
+
+def test_uploaded_checkpoints_are_redacted_copies(tmp_path) -> None:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from tests.helpers import TinyModel, loaders, trainer
+
+    class SecretModel(TinyModel):
+        def __init__(self, api_key: str = "", db: dict | None = None, lr: float = 0.05) -> None:
+            super().__init__(lr=lr)
+            self.save_hyperparameters()
+
+    secret = "canary" + "7" * 12
+    logger = journal_logger(tmp_path, log_model=True)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "local_ckpts", save_last=True)
+    trainer(logger, max_steps=4, enable_checkpointing=True, callbacks=[ckpt]).fit(SecretModel(api_key=secret, db={"password": secret}), loaders()[0])
+    uploads = [r for r in records(logger, "model") if r.get("checkpoint")]
+    assert uploads
+    for rec in uploads:
+        uploaded = torch.load(logger.run_dir / rec["path"], weights_only=False)
+        assert uploaded["hyper_parameters"]["api_key"] == "***" and uploaded["hyper_parameters"]["db"]["password"] == "***"
+        assert uploaded["hyper_parameters"]["lr"] == 0.05 and uploaded["state_dict"].keys()
+    local = torch.load(ckpt.best_model_path, weights_only=False)  # what resuming reads: as the user saved it
+    assert local["hyper_parameters"]["api_key"] == secret

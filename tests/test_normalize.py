@@ -130,3 +130,25 @@ def test_param_text() -> None:
     assert param_text([1, 2]) == "[1, 2]"
     assert param_text(None) == "None"
     assert param_text(0.1) == "0.1"
+
+
+def test_flatten_reports_cycles_and_keeps_merged_keys_apart() -> None:
+    from lightning_dualtrack.normalize import flatten_params
+
+    problems: list[str] = []
+    params: dict = {"a/b": 1, "a": {"b": 2}, "a/b_2": 3}
+    params["loop"] = params
+    out = flatten_params(params, on_problem=problems.append)
+    assert out == {"a/b": 1, "a/b_3": 2, "a/b_2": 3, "loop": "<cycle>"}  # `a/b_2` is the user's: the merge skips it
+    assert any("'loop'" in p and "cycle" in p for p in problems)
+    assert any("both flatten to 'a/b'" in p and "'a/b_3'" in p for p in problems)
+
+
+def test_preview_is_short_for_any_value() -> None:
+    import numpy as np
+
+    from lightning_dualtrack.normalize import preview
+
+    for value in ("x" * 10_000, [np.zeros((100, 100, 3))] * 5, {i: i for i in range(1000)}):
+        text = preview(value)
+        assert len(text) <= 200 and text.startswith(type(value).__name__)
