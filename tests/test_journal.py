@@ -7,7 +7,13 @@ import os
 
 import pytest
 
-from lightning_dualtrack.journal import JOURNAL_NAME, JournalError, JournalReader, JournalWriter, repair_torn_tail
+from lightning_dualtrack.journal import (
+    JOURNAL_NAME,
+    JournalError,
+    JournalReader,
+    JournalWriter,
+    repair_torn_tail,
+)
 
 
 def test_records_round_trip_with_nan_and_inf(tmp_path) -> None:
