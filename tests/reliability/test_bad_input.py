@@ -228,6 +228,47 @@ def _cuda_tensor(run: DualTrackLogger, e: Expect) -> None:
     e.attempted = 2
 
 
+def _cyclic_params(run: DualTrackLogger, e: Expect) -> None:
+    hparams: dict = {"lr": 0.1, "model": {"width": 8}}
+    hparams["model"]["parent"] = hparams  # e.g. a config object that keeps a reference to its owner
+    _params(hparams, {"lr": ("0.1", 0.1), "model/width": ("8", 8), "model/parent": ("<cycle>", "<cycle>")})(run, e)
+
+
+def _merged_keys(run: DualTrackLogger, e: Expect) -> None:
+    _params({"a/b": 1, "a": {"b": 2}}, {"a/b": ("1", 1), "a/b_2": ("2", 2)})(run, e)
+
+
+def _rename_vs_user_key(run: DualTrackLogger, e: Expect) -> None:
+    run.log_params({"lr": 0.1, "lr.v2": "mine"})
+    run.log_params({"lr": 0.2})  # MLflow: `lr.v3`, as `lr.v2` is the user's
+    e.param("lr", "0.1", 0.2)  # W&B's config keeps the latest under `lr`
+    e.param("lr.v2", "mine", "mine")
+    e.param("lr.v3", "0.2", 0.2)
+    e.attempted = 3
+
+
+def _check_reserved(result: dict) -> None:
+    w = read_runs(result["run_dir"], result["run_id"])
+    assert [row.get("trainer/global_step") for row in w.history if "ok" in row] == [4]  # the step, not the user's 99
+    assert {k for k in _mlflow_keys(result) if not k.startswith("dualtrack/")} == {"ok"}  # the shipper adds its own dualtrack/* health metrics
+
+
+def _mlflow_keys(result: dict) -> set[str]:
+    return set(MlflowClient(result["uri"]).get_run(result["mlflow_run_id"]).data.metrics)
+
+
+def _image_key_first(run: DualTrackLogger, e: Expect) -> None:
+    run.log_image("samples", [np.full((48, 48, 3), 200, np.uint8)])  # WandbLogger's order: (key, images)
+    e.artifacts.append("images/samples.png")
+    e.attempted = 1
+
+
+def _check_image_key_first(result: dict) -> None:
+    assert all(len(m) < 400 for m in result["warnings"]), [len(m) for m in result["warnings"]]  # never the array whole
+    w = read_runs(result["run_dir"], result["run_id"])
+    assert [k for row in w.history for k in row if k == "samples"] == ["samples"]
+
+
 NAN, INF = float("nan"), float("inf")
 CASES = [
     Case("key_at_sign", _metrics({"acc@1": 0.5, "ok": 1.0}), warns="acc@1", check=_check_stored_as({"acc@1": "acc_1"})),
@@ -267,6 +308,12 @@ CASES = [
     Case("same_key_twice_at_one_step", _same_step_twice),
     Case("steps_not_integers", _bad_steps, warns="not an integer"),
     Case("figure_that_is_not_one", _not_a_figure, warns="log_image", check=_check_not_a_figure),
+    Case("param_cycle", _cyclic_params, warns=r"'model/parent' refers back .* \(a cycle\)"),
+    Case("params_merging_onto_one_key", _merged_keys, warns=r"params 'a/b' and 'a' -> 'b' both flatten to 'a/b'"),
+    Case("param_rename_vs_user_key", _rename_vs_user_key, warns=r"stored as 'lr.v3'"),
+    Case("metric_reserved_key", _metrics({"trainer/global_step": 99.0, "ok": 1.0}, keep={"ok": 1.0}, step=4),
+         warns=r"metric key 'trainer/global_step' is reserved", check=_check_reserved),
+    Case("image_key_first", _image_key_first, warns="WandbLogger's order", check=_check_image_key_first),
 ]
 
 
