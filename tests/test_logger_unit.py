@@ -248,7 +248,7 @@ def test_a_refused_payload_write_warns_once_per_kind_and_the_run_goes_on(tmp_pat
     def refuse(*args, **kwargs):
         raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
 
-    monkeypatch.setattr(payloads, "write_json_atomic", refuse)
+    monkeypatch.setattr(payloads, "open", refuse, raising=False)  # every payload file write (not the journal)
     monkeypatch.setattr(payloads, "image_to_png", refuse)
     logger = journal_logger(tmp_path)
     with pytest.warns(DualTrackWarning) as caught:
@@ -261,7 +261,6 @@ def test_a_refused_payload_write_warns_once_per_kind_and_the_run_goes_on(tmp_pat
     assert len(found) == 3 and all(code in m for m in found), found  # one per kind: table, confusion matrix, image
     assert [r["s"] for r in records(logger, "metrics")] == [0, 1, 2]
     assert records(logger, "table") == records(logger, "cm") == records(logger, "image") == []
-    monkeypatch.setattr(payloads, "write_json_atomic", refuse)
     with pytest.raises(OSError, match=f"{code}.*training goes on"):
         journal_logger(tmp_path / "strict", strict=True).log_table("t", ["a"], [[1]])
 

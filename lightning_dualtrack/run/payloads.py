@@ -28,7 +28,6 @@ from lightning_dualtrack.media import close_figure, image_to_png
 from lightning_dualtrack.normalize import DroppedValue, preview, short, to_float
 from lightning_dualtrack.redact import redact_string, redact_tree
 from lightning_dualtrack.run.policy import Messages
-from lightning_dualtrack.sinks.base import write_json_atomic
 
 DISK_ERRORS = frozenset({errno.ENOSPC, errno.EIO, errno.EROFS, errno.EDQUOT, errno.EFBIG})
 
@@ -64,25 +63,22 @@ class Payloads:
             self.messages.warn(message)
 
     def write(self, rel: str, data: bytes, kind: str) -> bool:
+        """Write ``data`` to ``run_dir/rel`` whole (a temporary file, then a rename) or not at all."""
         path = self.run_dir / rel
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "wb") as fh:
+            with open(tmp, "wb") as fh:
                 fh.write(data)
+            os.replace(tmp, path)
             return True
         except OSError as err:
-            _remove(path)
+            _remove(tmp)
             self.disk_error(kind, rel, err)
             return False
 
     def write_json(self, rel: str, data: Any, kind: str) -> bool:
-        try:
-            write_json_atomic(self.run_dir / rel, data, indent=None)
-            return True
-        except OSError as err:
-            _remove(self.run_dir / rel)
-            self.disk_error(kind, rel, err)
-            return False
+        return self.write(rel, json.dumps(data, default=repr, ensure_ascii=False, separators=(",", ":")).encode("utf-8"), kind)
 
     def png(self, image: Any, rel: str, kind: str, what: str) -> bool:
         try:

@@ -151,3 +151,59 @@ def test_full_disk_mid_run_training_goes_on_with_a_loud_warning(mlflow_server, t
     keys = {k for k, _, _ in logged}
     assert {(k, s) for k, s, _ in logged if s in kept} == {(k, s) for k, s, _ in journal if k in keys}
     assert_delivered(run_dir, run["run_id"], mlflow_server.url)
+    # the append the full disk cut short was cut back: no torn line, and a record appended now is whole
+    from lightning_dualtrack.journal import JournalReader, JournalWriter
+
+    writer = JournalWriter(run_dir)
+    writer.append({"k": "tags", "t": 0, "v": {"after": "space is back"}})
+    writer.close()
+    reader = JournalReader(run_dir)
+    entries, _ = reader.read(0)
+    assert reader.corrupt_lines == 0 and entries[-1].record["v"] == {"after": "space is back"}
+
+
+PAYLOAD_SCRIPT = r"""
+import resource, signal, sys
+import numpy as np
+from lightning_dualtrack import DualTrackLogger
+
+uri, save_dir = sys.argv[1], sys.argv[2]
+logger = DualTrackLogger(experiment_name="full-disk-payloads", tracking_uri=uri, wandb_mode="offline", save_dir=save_dir,
+                         flush_interval=0.2, log_system_info=False, finalize_timeout=60)
+logger.start_run()  # the shipper is running: the limit below is this process's only
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (150_000, resource.RLIM_INFINITY))  # no file may grow past 150 kB: EFBIG
+rng = np.random.default_rng(0)
+for step in range(12):
+    logger.log_metrics({"loss": 1.0 / (step + 1)}, step=step)
+    logger.log_table("big", ["i", "text"], [[i, "x" * 40] for i in range(5000)], step=step)  # ~250 kB of JSON
+    logger.log_image(rng.integers(0, 255, (400, 400, 3), dtype=np.uint8), "noise", step=step)  # ~480 kB of PNG
+    logger.log_confusion_matrix([[3, 1], [0, 4]], ["a", "b"], step=step)
+    logger.log_table("small", ["step"], [[step]], step=step)
+print("TRAINING DONE", flush=True)
+logger.finalize("success")
+print("RUN_DIR", logger.run_dir, flush=True)
+"""
+
+
+@pytest.mark.timeout(150)
+def test_full_disk_on_payload_writes_warns_once_per_kind_and_keeps_the_rest(mlflow_server, tmp_path, subprocess_env) -> None:
+    result = subprocess.run([sys.executable, "-c", PAYLOAD_SCRIPT, mlflow_server.url, str(tmp_path / "runs")],
+                            env=subprocess_env, cwd=tmp_path, capture_output=True, text=True, timeout=140)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0 and "TRAINING DONE" in output, output[-3000:]
+    assert output.count("cannot write the table") == 1 and output.count("cannot write the image") == 1, output[-3000:]
+    assert "EFBIG" in output and "training goes on" in output
+    run_dir = Path(next(line.split(" ", 1)[1] for line in result.stdout.splitlines() if line.startswith("RUN_DIR")))
+    rid = mlflow_run_id(run_dir)
+    client = MlflowClient(mlflow_server.url)
+    assert sorted(m.step for m in client.get_metric_history(rid, "loss")) == list(range(12))
+    stored = list_artifacts(client, rid)
+    assert {f"tables/small_step{s}.json" for s in range(12)} <= set(stored)
+    assert {f"confusion_matrix_step{s}.json" for s in range(12)} <= set(stored)
+    assert not any(p.startswith(("tables/big", "images/noise")) for p in stored)
+    from lightning_dualtrack.wandb_file import read_runs
+
+    rows = read_runs(run_dir, run_dir.name).history
+    assert sorted(r["trainer/global_step"] for r in rows if "loss" in r) == list(range(12))
+    assert sum(1 for r in rows if "small" in r) == 12 and not any("big" in r or "noise" in r for r in rows)
