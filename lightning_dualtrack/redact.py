@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 MASK = "***"
+KEY_MASK = "REDACTED"
 
 _SECRET_KEY = re.compile(
     r"(api[_-]?key|apikey|token|passw(or)?d|passwd|secret|credential|private[_-]?key|auth|bearer|cookie|session[_-]?id)",
@@ -124,8 +125,11 @@ def is_secret_key(key: str) -> bool:
     return not _SECRET_SEGMENTS.isdisjoint(_SEGMENT_SPLIT.split(key.lower()))
 
 
-def redact_string(value: str) -> str:
-    """Replace every credential-shaped substring of ``value`` by ``***`` (time linear in its length).
+def redact_string(value: str, mask: str = MASK) -> str:
+    """Replace every credential-shaped substring of ``value`` by ``mask`` (time linear in its length).
+
+    Keys and file names use :data:`KEY_MASK` (``REDACTED``): ``*`` is a glob character to W&B and not
+    allowed in MLflow keys.
 
     Example:
         >>> redact_string("key=hf_AbCdEfGhIjKlMnOpQrStUv url=https://bob:pw@host/x")
@@ -144,7 +148,7 @@ def redact_string(value: str) -> str:
         if b <= pos:
             continue
         out.append(value[pos:max(a, pos)])
-        out.append(MASK)
+        out.append(mask)
         pos = b
     out.append(value[pos:])
     return "".join(out)

@@ -26,7 +26,7 @@ from typing import Any
 from lightning_dualtrack import records
 from lightning_dualtrack.media import close_figure, image_to_png
 from lightning_dualtrack.normalize import DroppedValue, preview, short, to_float
-from lightning_dualtrack.redact import redact_string, redact_tree
+from lightning_dualtrack.redact import KEY_MASK, redact_string, redact_tree
 from lightning_dualtrack.run.policy import Messages
 
 DISK_ERRORS = frozenset({errno.ENOSPC, errno.EIO, errno.EROFS, errno.EDQUOT, errno.EFBIG})
@@ -35,7 +35,7 @@ DISK_ERRORS = frozenset({errno.ENOSPC, errno.EIO, errno.EROFS, errno.EDQUOT, err
 def safe_relpath(path: str, messages: Messages | None = None, what: str = "artifact_path") -> str:
     """A relative POSIX path with no ``..``, absolute root, backslashes or credential (warns if it changed)."""
     parts = [p for p in path.replace("\\", "/").split("/") if p not in ("", ".", "..")]
-    cleaned = redact_string("/".join(parts))
+    cleaned = redact_string("/".join(parts), KEY_MASK)
     if cleaned != path and messages is not None:
         messages.warn(f"{what} {short(path)!r} is not a plain relative path inside the run; stored as {short(cleaned)!r}")
     return cleaned
@@ -191,7 +191,7 @@ class Payloads:
             self.messages.fail(f"log_artifact: {short(str(path))!r} does not exist; nothing logged")
             return None
         sub = safe_relpath(artifact_path, self.messages) if artifact_path else ""
-        name = redact_string(src.name)
+        name = redact_string(src.name, KEY_MASK)
         if name != src.name:
             self.messages.warn(f"artifact file name {short(src.name)!r} holds a credential-shaped string; stored as {short(name)!r}")
         rel = "/".join(p for p in ("artifacts", sub, name) if p)
@@ -212,7 +212,7 @@ class Payloads:
         """Rename files and folders of a copied directory whose names hold a credential."""
         for parent, dirs, files in os.walk(root, topdown=False):
             for name in [*files, *dirs]:
-                clean = redact_string(name)
+                clean = redact_string(name, KEY_MASK)
                 if clean != name:
                     os.replace(os.path.join(parent, name), os.path.join(parent, clean))
                     self.messages.warn_once(f"artifact-name:{clean}", f"artifact file name {short(name)!r} holds a credential-shaped string; stored as {short(clean)!r}")
@@ -245,7 +245,7 @@ class Payloads:
         best = getattr(checkpoint_callback, "best_model_path", None)
         for mtime, path, score, _tag in _scan_checkpoints(checkpoint_callback, self.logged_ckpt_time):
             src = Path(path)
-            name = redact_string(src.name)
+            name = redact_string(src.name, KEY_MASK)
             rel = f"artifacts/checkpoints/{name}"
             try:
                 # a snapshot (Lightning overwrites last.ckpt in place), with the saved hyperparameters redacted

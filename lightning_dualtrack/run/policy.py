@@ -34,7 +34,7 @@ from lightning_dualtrack.normalize import (
     preview,
     short,
 )
-from lightning_dualtrack.redact import redact_mapping, redact_string
+from lightning_dualtrack.redact import KEY_MASK, redact_mapping, redact_string
 
 RESERVED_METRIC_KEYS = frozenset({"trainer/global_step", "_dualtrack_offset"})
 _PACKAGES = ("lightning_dualtrack.", "lightning.", "lightning_utilities.", "pytorch_lightning.")
@@ -115,7 +115,7 @@ class KeyRules:
 
     def mask(self, name: str, original: Any, what: str) -> str:
         """``name`` with credential-shaped parts masked; two keys never mask to one (a ``_2`` suffix)."""
-        clean = redact_string(name)
+        clean = redact_string(name, KEY_MASK)
         if clean == name:
             return name
         base, n = clean, 2

@@ -107,3 +107,84 @@ def test_canaries_never_reach_a_file(mlflow_server, tmp_path, subprocess_env) ->
     # the search sees what it is looking for: the control value is in the journal, the DB and the W&B file
     found = "\n".join(files_containing(roots, {"control": visible.encode()}))
     assert "journal.jsonl" in found and "mlflow.db" in found and ".wandb" in found, found
+
+
+def _sk() -> str:
+    return f"sk-canary{_alnum(32)}"
+
+
+@pytest.mark.timeout(240)
+def test_a_canary_in_every_place_reaches_no_stored_byte(mlflow_server, tmp_path, monkeypatch) -> None:
+    """Issue 10's canary: metric keys, tags, table cells, text, artifact file names, argv `--flag VALUE` pairs,
+    env vars, an exception message and the checkpoint's hyperparameters; then grep the MLflow store, the
+    artifact root, the W&B directories and the journal (everything under the test's directory but the
+    local checkpoints, which keep what the user saved, and the source file named with a canary)."""
+    import torch
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lightning_dualtrack import DualTrackLogger
+    from tests.helpers import TinyModel, loaders, trainer
+
+    plain = {name: f"canary{secrets.token_hex(8)}" for name in (
+        "hparam api_key", "hparam db.password", "argv --db-pass", "argv --token", "argv --api-key", "argv --password",
+        "argv --secret", "argv --DB_PASS=", "env MY_SERVICE_TOKEN", "exception message")}
+    shaped = {name: _sk() for name in ("metric key", "tag key", "tag value", "table cell", "table column", "text", "artifact file name", "exception sk")}
+    visible = f"visible{secrets.token_hex(8)}"
+    monkeypatch.setattr(sys, "argv", [
+        "train.py", "--db-pass", plain["argv --db-pass"], "--token", plain["argv --token"], "--api-key", plain["argv --api-key"],
+        "--password", plain["argv --password"], "--secret", plain["argv --secret"], f"--DB_PASS={plain['argv --DB_PASS=']}", "--lr", "0.1"])
+    monkeypatch.setenv("MY_SERVICE_TOKEN", plain["env MY_SERVICE_TOKEN"])
+    src = tmp_path / "src" / f"weights-{shaped['artifact file name']}.bin"
+    src.parent.mkdir()
+    src.write_bytes(b"weights")
+
+    class CanaryModel(TinyModel):
+        def __init__(self, api_key: str, db: dict, label: str) -> None:
+            super().__init__(fail_at_step=None)
+            self.save_hyperparameters()
+
+        def training_step(self, batch, batch_idx):
+            loss = super().training_step(batch, batch_idx)
+            self.log(f"loss/{shaped['metric key']}", loss.detach())
+            if self.global_step == 2:
+                run = self.logger
+                run.set_tags({f"tag_{shaped['tag key']}": f"value {shaped['tag value']}"})
+                run.log_table("cells", ["step", shaped["table column"]], [[2, f"cell {shaped['table cell']}"]])
+                run.log_text(f"notes: {shaped['text']}", "notes.txt")
+                run.log_artifact(src)
+            if self.global_step == 6:
+                raise RuntimeError(f"db connection failed: {plain['exception message']} {shaped['exception sk']}")
+            return loss
+
+    logger = DualTrackLogger(experiment_name="canary-everywhere", tracking_uri=mlflow_server.url, wandb_mode="offline",
+                             save_dir=tmp_path / "runs", log_model=True, flush_interval=0.2, finalize_timeout=90)
+    local = tmp_path / "local_ckpts"
+    model = CanaryModel(api_key=plain["hparam api_key"], db={"password": plain["hparam db.password"]}, label=visible)
+    with pytest.warns(UserWarning), pytest.raises(RuntimeError, match="db connection failed"):
+        trainer(logger, max_steps=10, enable_checkpointing=True,
+                callbacks=[ModelCheckpoint(dirpath=local, every_n_train_steps=2, save_last=True)]).fit(model, loaders()[0])
+
+    # delivered: the failed run, its metric under the masked key, the checkpoint copy
+    rid = mlflow_run_id(logger.run_dir)
+    client = MlflowClient(mlflow_server.url)
+    run = client.get_run(rid)
+    assert run.info.status == "FAILED" and run.data.params["label"] == visible and run.data.params["api_key"] == "***"
+    assert "loss/REDACTED" in run.data.metrics
+    command = run.data.tags["dualtrack.command"]
+    assert "--db-pass ***" in command and "--DB_PASS=***" in command and "--lr 0.1" in command
+    ckpts = [a.path for a in client.list_artifacts(rid, "checkpoints")]
+    assert ckpts, "the checkpoint was not uploaded"
+    copy = torch.load(client.download_artifacts(rid, ckpts[0], str(tmp_path / "dl")), weights_only=False)
+    assert copy["hyper_parameters"]["api_key"] == "***" and copy["hyper_parameters"]["label"] == visible
+    # the local checkpoint, used for resuming, is what the user saved
+    assert torch.load(next(local.glob("*.ckpt")), weights_only=False)["hyper_parameters"]["api_key"] == plain["hparam api_key"]
+    w = read_runs(logger.run_dir, logger.run_id)
+    assert w.exit_code == 1 and w.config["db/password"] == "***"
+
+    needles = {name: value.encode() for name, value in {**plain, **shaped}.items()}
+    roots = [mlflow_server.workdir, *(p for p in tmp_path.iterdir() if p.is_dir() and p.name not in ("src", "local_ckpts", "dl"))]
+    assert files_containing(roots, needles) == []
+    names = [str(p) for root in roots for p in root.rglob("*")]
+    assert not [n for n in names for needle in shaped.values() if needle in n]
+    found = "\n".join(files_containing(roots, {"control": visible.encode()}))
+    assert "journal.jsonl" in found and "mlflow.db" in found and ".wandb" in found and ".ckpt" in found, found
