@@ -319,3 +319,64 @@ def test_uploaded_checkpoints_are_redacted_copies(tmp_path) -> None:
         assert uploaded["hyper_parameters"]["lr"] == 0.05 and uploaded["state_dict"].keys()
     local = torch.load(ckpt.best_model_path, weights_only=False)  # what resuming reads: as the user saved it
     assert local["hyper_parameters"]["api_key"] == secret
+
+
+FIT_AND_LIST_BACKEND_MODULES = r"""
+import sys
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning_dualtrack import DualTrackLogger
+from lightning_dualtrack.callbacks import RunDescription, RunIdsInCheckpoint, ThroughputMonitor
+from tests.helpers import TinyModel, loaders, trainer
+
+logger = DualTrackLogger(tracking_uri=sys.argv[1], wandb_mode="offline", save_dir=sys.argv[2], log_model=True, finalize_timeout=60)
+callbacks = [ModelCheckpoint(dirpath=sys.argv[3], save_last=True), LearningRateMonitor(), RunDescription(), RunIdsInCheckpoint(), ThroughputMonitor()]
+trainer(logger, max_steps=6, enable_checkpointing=True, callbacks=callbacks).fit(TinyModel(), *loaders())
+print("BACKENDS", sorted({m.split(".")[0] for m in sys.modules if m.split(".")[0] in ("mlflow", "wandb")}))
+print("RUN_DIR", logger.run_dir)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_fit_imports_neither_mlflow_nor_wandb_on_the_training_side(mlflow_server, tmp_path) -> None:
+    """HTTP tracking URI, checkpoints uploaded, callbacks that do not export models: the training process
+    never imports a backend (the shipper process does); and what it logged is in MLflow."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from mlflow.tracking import MlflowClient
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(repo), os.environ.get("PYTHONPATH", "")) if p)}
+    out = subprocess.run([sys.executable, "-c", FIT_AND_LIST_BACKEND_MODULES, mlflow_server.url, str(tmp_path / "runs"), str(tmp_path / "ckpt")],
+                         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=170)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "BACKENDS []" in out.stdout, out.stdout
+    run_dir = Path(next(line.split(" ", 1)[1] for line in out.stdout.splitlines() if line.startswith("RUN_DIR")))
+    rid = json.loads((run_dir / "state" / "mlflow.json").read_text())["identity"]["run_id"]
+    client = MlflowClient(mlflow_server.url)
+    assert len(client.get_metric_history(rid, "train/loss")) == 6
+    assert [a.path for a in client.list_artifacts(rid, "checkpoints")]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_the_run_has_the_same_readable_name_in_both_backends(mlflow_server, tmp_path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from lightning_dualtrack.wandb_file import read_runs
+
+    names = {}
+    for run_name in (None, "my experiment 1"):
+        logger = DualTrackLogger(run_name=run_name, tracking_uri=mlflow_server.url, wandb_mode="offline", save_dir=tmp_path / "runs",
+                                 log_system_info=False, finalize_timeout=60)
+        logger.log_metrics({"x": 1.0}, step=0)
+        logger.finalize("success")
+        stored = json.loads((logger.run_dir / "run.json").read_text())["run_name"]
+        mlflow_name = MlflowClient(mlflow_server.url).get_run(logger.mlflow_run_id).info.run_name
+        names[run_name] = (stored, mlflow_name, read_runs(logger.run_dir, logger.run_id).name)
+    generated = names[None][0]
+    assert generated.endswith(f"-{generated.rsplit('-', 1)[1]}") and len(generated.split("-")) == 3
+    assert names[None] == (generated,) * 3
+    assert names["my experiment 1"] == ("my experiment 1",) * 3
