@@ -12,6 +12,7 @@ line, the tracking URI):
 
 from __future__ import annotations
 
+import functools
 import re
 from argparse import Namespace
 from collections.abc import Iterable, Mapping
@@ -116,6 +117,7 @@ _SECRET_SEGMENTS = frozenset({"pass", "pwd", "passphrase"})
 _SEGMENT_SPLIT = re.compile(r"[^A-Za-z0-9]+")
 
 
+@functools.lru_cache(maxsize=8192)  # the same keys come back call after call
 def is_secret_key(key: str) -> bool:
     """Whether a key's name says that its value is a secret (``api_key``, ``db.password``, ``db_pass``...)."""
     if _NOT_SECRET_KEY.search(key):
