@@ -94,7 +94,7 @@ def preview(value: Any, limit: int = PREVIEW_CHARS) -> str:
 
     Example:
         >>> preview("x" * 1000, limit=20)
-        "str 'xxxxxxxxxxxxx..."
+        "str 'xxxxxxxxxxxx..."
     """
     try:
         text = _REPR.repr(value)
