@@ -28,6 +28,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from lightning_dualtrack import records
 from lightning_dualtrack.journal import JournalWriter
+from lightning_dualtrack.normalize import short
 from lightning_dualtrack.run.config import DEFAULT_TRACKING_URI, new_run_id, resolve_config
 from lightning_dualtrack.run.lifecycle import shipper_env
 from lightning_dualtrack.run.policy import DualTrackWarning
@@ -215,11 +216,11 @@ class DualTrackLogger(Logger):
     @rank_zero_only
     def log_params(self, params: Mapping[str, Any] | Namespace | Any) -> None:
         """Record params, flattened with ``/``; secrets redacted; see the README for the policies."""
-        self._run.log_params(params)
+        self._guarded("log_params", self._run.log_params, params)
 
     @rank_zero_only
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        self._run.set_tags(tags)
+        self._guarded("set_tags", self._run.set_tags, tags)
 
     @rank_zero_only
     def log_figure(self, figure: Any, name: str, step: int | None = None, close: bool = True) -> None:
@@ -231,31 +232,31 @@ class DualTrackLogger(Logger):
         """An image (PIL, HxW[xC] array, tensor or figure) as PNG. ``log_image(key, [images])`` (the order
         of Lightning's ``WandbLogger``) logs each image as ``key`` (one) or ``key_0``, ``key_1``..."""
         self._ensure_started()
-        self._run.log_image(image, name, step, caption, close)
+        self._guarded("log_image", self._run.log_image, image, name, step, caption, close)
 
     @rank_zero_only
     def log_table(self, key: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], step: int | None = None) -> None:
         """A table: JSON artifact in MLflow, ``wandb.Table`` in W&B. Image cells (PIL/arrays) become images."""
         self._ensure_started()
-        self._append(self._run.payloads.table(str(key), columns, rows, step))
+        self._append(self._guarded("log_table", self._run.payloads.table, str(key), columns, rows, step))
 
     @rank_zero_only
     def log_text(self, text: str, name: str) -> None:
         """A text file artifact (``name`` like ``notes/summary.txt``) in both backends."""
         self._ensure_started()
-        self._append(self._run.payloads.text(text, name))
+        self._append(self._guarded("log_text", self._run.payloads.text, text, name))
 
     @rank_zero_only
     def log_dict(self, data: Mapping[str, Any], name: str) -> None:
         """A JSON artifact in both backends."""
         self._ensure_started()
-        self._append(self._run.payloads.dict(data, name))
+        self._append(self._guarded("log_dict", self._run.payloads.dict, data, str(name)))
 
     @rank_zero_only
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         """Copy a file or directory into the run and upload it to both backends."""
         self._ensure_started()
-        self._append(self._run.payloads.artifact(path, artifact_path))
+        self._append(self._guarded("log_artifact", self._run.payloads.artifact, path, artifact_path))
 
     @rank_zero_only
     def log_confusion_matrix(
@@ -263,7 +264,7 @@ class DualTrackLogger(Logger):
     ) -> None:
         """A confusion matrix: JSON + CSV + PNGs (counts, row-normalised) in MLflow; W&B's native chart."""
         self._ensure_started()
-        self._append(self._run.payloads.confusion_matrix(conf_matrix, class_names, title, step, key))
+        self._append(self._guarded("log_confusion_matrix", self._run.payloads.confusion_matrix, conf_matrix, class_names, title, step, key))
 
     @rank_zero_only
     def log_model(
@@ -317,6 +318,15 @@ class DualTrackLogger(Logger):
         return self._run.push_to_hub(model, repo_id, commit_message=commit_message, private=private, metrics=metrics, api=api)
 
     # -- internals ------------------------------------------------------------------------------------
+    def _guarded(self, what: str, fn: Any, *args: Any) -> Any:
+        """Run one log call's work; an input it did not foresee is a warning, never an error into training."""
+        try:
+            return fn(*args)
+        except Exception as err:
+            if self._config.strict:
+                raise
+            self._run.messages.warn(f"{what}: could not log this input ({type(err).__name__}: {short(str(err))}); nothing logged")
+            return None
     def _append(self, record: dict[str, Any] | None) -> None:
         if record is not None:
             self._run.append(record)

@@ -380,3 +380,19 @@ def test_the_run_has_the_same_readable_name_in_both_backends(mlflow_server, tmp_
     assert generated.endswith(f"-{generated.rsplit('-', 1)[1]}") and len(generated.split("-")) == 3
     assert names[None] == (generated,) * 3
     assert names["my experiment 1"] == ("my experiment 1",) * 3
+
+
+def test_inputs_of_the_wrong_type_are_warnings_not_errors(tmp_path) -> None:
+    logger = journal_logger(tmp_path)
+    with pytest.warns(DualTrackWarning) as caught:
+        logger.log_metrics([("loss", 1.0)], step=0)  # not a mapping
+        logger.set_tags(["not", "a", "mapping"])
+        logger.log_table("t", ["a"], 5)  # rows not iterable
+        logger.log_confusion_matrix([[1]], 3)  # class names not iterable
+        logger.log_artifact(None)
+        logger.log_params(42)
+    assert len(messages(caught)) == 6 and all(len(m) < 400 for m in messages(caught)), messages(caught)
+    logger.log_metrics({"loss": 1.0}, step=1)
+    assert [r["s"] for r in records(logger, "metrics")] == [1]
+    with pytest.raises((TypeError, AttributeError, ValueError)):
+        journal_logger(tmp_path / "strict", strict=True).log_table("t", ["a"], 5)

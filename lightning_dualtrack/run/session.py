@@ -19,7 +19,7 @@ from typing import Any
 from lightning_dualtrack import metadata as _metadata
 from lightning_dualtrack import records
 from lightning_dualtrack.journal import JournalError, JournalReader, JournalWriter, now_ms, repair_torn_tail
-from lightning_dualtrack.normalize import DroppedValue, preview, short, to_float
+from lightning_dualtrack.normalize import MLFLOW_MAX_PARAM_VALUE, DroppedValue, preview, short, to_float
 from lightning_dualtrack.redact import redact_mapping, redact_string
 from lightning_dualtrack.run.config import RunConfig, new_run_name
 from lightning_dualtrack.run.lifecycle import (
@@ -175,7 +175,12 @@ class Run:
                 step = self.auto_step
         values: dict[str, float] = {}
         names = self.keys.metric_keys
-        for key, value in metrics.items():
+        try:
+            items = metrics.items()
+        except AttributeError:
+            self.messages.fail(f"log_metrics: expected a mapping of metric names to values, but got {preview(metrics)}; nothing logged")
+            return
+        for key, value in items:
             name = names.get(key, _NEW)
             if name is _NEW:
                 name = self.keys.metric_key(key)
@@ -210,7 +215,7 @@ class Run:
                 continue
             self.append(rec)
             note = f" ...[{len(text)} chars; full value in artifact {rec['path'][len('artifacts/'):]}]"
-            mlflow_text[key] = text[: 6000 - len(note)] + note
+            mlflow_text[key] = text[: MLFLOW_MAX_PARAM_VALUE - len(note)] + note
         self.append(records.params(update.values, mlflow=mlflow_text, wandb=update.latest))
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
