@@ -20,7 +20,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import string
 import subprocess
 import sys
@@ -294,6 +293,8 @@ class DualTrackLogger(Logger):
             values[key] = value
         if values:
             self._append(journal, {"k": "metrics", "t": now_ms(), "s": step, "v": values})
+        if self._shipper is not None:
+            self._shipper.check()
         if self._strict:
             self._check_health()
 
@@ -793,43 +794,23 @@ class DualTrackLogger(Logger):
         return env
 
     def _spawn_shipper(self) -> None:
-        log = open(self.run_dir / "shipper.log", "ab")
+        from lightning_dualtrack.delivery.process import ShipperProcess
+
+        names = [n for n, on in (("mlflow", self._mlflow_enabled), ("wandb", self._wandb_enabled)) if on]
+        shipper = ShipperProcess(self.run_dir, self._shipper_env(), names,
+                                 warn=lambda m: warnings.warn(m, DualTrackWarning, stacklevel=4))
         try:
-            self._shipper = subprocess.Popen(
-                [sys.executable, "-m", "lightning_dualtrack.shipper", str(self.run_dir), "--follow", "--parent-pid", str(os.getpid()), "--idle"],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                env=self._shipper_env(),
-                close_fds=True,
-                # Our own process group, so Ctrl-C in the terminal (sent to the foreground group) does not
-                # stop delivery -- but the same session: with scheduler autogrouping (on by default on
-                # Linux) a new session is a new CPU group with an equal share, and SCHED_IDLE would not
-                # keep the shipper off the cores training uses.
-                **({"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}),
-            )
+            shipper.start()
+            self._shipper = shipper
         except OSError as err:
             self._fail(f"cannot start the delivery process ({err}); deliver later with `dualtrack sync {self.run_dir}`")
-        finally:
-            log.close()
 
     def _sink_states(self) -> dict[str, dict[str, Any]]:
         names = [n for n, on in (("mlflow", self._mlflow_enabled), ("wandb", self._wandb_enabled)) if on]
         return {n: read_json(self.run_dir / "state" / f"{n}.json", {}) or {} for n in names}
 
     def _wait_until_open(self, timeout: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            states = self._sink_states()
-            if all(s.get("open") for s in states.values()):
-                return
-            bad = {n: s["last_error"] for n, s in states.items() if s.get("last_error") and not s.get("open")}
-            if bad:
-                raise RuntimeError(f"strict mode: a backend could not start: {bad}")
-            if self._shipper is not None and self._shipper.poll() is not None:
-                raise RuntimeError(f"strict mode: the delivery process exited; see {self.run_dir / 'shipper.log'}")
-            time.sleep(0.1)
-        raise TimeoutError(f"strict mode: the backends did not start within {timeout} s")
+        self._shipper.wait_until_open(timeout)
 
     def _check_health(self) -> None:
         now = time.monotonic()
@@ -838,48 +819,32 @@ class DualTrackLogger(Logger):
         self._last_health_check = now
         for name, state in self._sink_states().items():
             if state.get("failed"):
-                raise RuntimeError(f"strict mode: {name} rejected {state['failed']} record(s); see {self.run_dir / 'state'}")
+                raise RuntimeError(f"strict mode: {name} rejected {state['failed']} record(s); see `dualtrack status {self.run_dir}`")
             if state.get("last_error") and not state.get("open"):
                 raise RuntimeError(f"strict mode: {name} is failing: {state['last_error']}")
 
     def _wait_for_shipper(self) -> dict[str, dict[str, Any]]:
-        proc = self._shipper
-        if proc is not None:
-            deadline = time.monotonic() + self._finalize_timeout
-            grace = min(3.0, self._finalize_timeout / 3)
-            try:
-                proc.wait(timeout=max(0.0, deadline - time.monotonic() - grace))
-            except subprocess.TimeoutExpired:
-                proc.send_signal(signal.SIGTERM)  # stop retrying; everything not acked stays in the journal
-                try:
-                    proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-            self._shipper = None
-        return self._sink_states()
+        shipper = self._shipper
+        if shipper is None:
+            return self._sink_states()
+        self._shipper_restarts = getattr(self, "_shipper_restarts", 0) + shipper.restarts
+        self._shipper = None
+        return shipper.finish(self._finalize_timeout)
 
     def _pending_message(self, pending: Mapping[str, Any]) -> str:
+        from lightning_dualtrack.delivery.report import sync_command
+
         names = ", ".join(sorted(pending))
         return (
             f"[dualtrack] not everything reached {names} before finalize_timeout={self._finalize_timeout:g}s; "
-            f"it is safe in the journal. Deliver it with:  dualtrack sync {self.run_dir}"
+            f"it is safe in the journal. Deliver it with:  {sync_command(self.run_dir)}"
         )
 
     def _print_report(self, report: Mapping[str, Mapping[str, Any]]) -> None:
-        lines = [f"[dualtrack] run {self._run_id}: {self.run_dir}"]
-        pending = {}
-        for name, state in report.items():
-            ident = state.get("identity") or {}
-            where = ident.get("url") or ident.get("dir") or ident.get("run_id") or "(not created)"
-            lines.append(f"[dualtrack]   {name}: {'delivered' if state.get('closed') else 'PENDING'} -> {where}")
-            if not state.get("closed"):
-                pending[name] = state
-            if state.get("failed"):
-                lines.append(f"[dualtrack]   {name}: {state['failed']} record(s) rejected, see {self.run_dir / 'state'}")
-        if pending:
-            lines.append(self._pending_message(pending))
-        print("\n".join(lines), file=sys.stderr)
+        from lightning_dualtrack.delivery.report import final_report
+
+        print(final_report(self.run_dir, dict(report), finalize_timeout=self._finalize_timeout,
+                           restarts=getattr(self, "_shipper_restarts", 0)), file=sys.stderr)
         self.last_report = dict(report)
 
     def _log_checkpoints(self, checkpoint_callback: Any) -> None:
