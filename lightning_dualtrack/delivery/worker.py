@@ -45,6 +45,7 @@ from lightning_dualtrack.sinks.base import RunContext, Sink
 MAX_BATCH = 20_000  # records read at once (acks are per request, not per read)
 ORPHAN_TIMEOUT_S = 120.0  # default; ``DUALTRACK_ORPHAN_TIMEOUT`` or run setting ``orphan_timeout``
 BLOCKED_RETRY_S = 10.0
+LINK_WAIT_S = 3.0  # at the end, how long a sink waits for the other's run identity before closing
 _ACK_EVERY_S = 0.25  # an appending sink acks at most this often (its durable offset is checked on resume)
 
 
@@ -449,8 +450,9 @@ class SinkWorker(threading.Thread):
                     more, _ = self.reader.read(self.state["offset"], max_records=1)
                     if more:
                         continue
-                # one bounded wait (cut short by a stop) so that a short run still names the other backend
-                self.links.wait_for_others(self.sink_name, 10.0, self.stop)
+                # one bounded wait (cut short by a stop) so that a short run still names the other backend;
+                # short, since a peer that is not open by now is failing (a later sync links them)
+                self.links.wait_for_others(self.sink_name, LINK_WAIT_S, self.stop)
                 self._link()
                 self._close(status if finished else None)
                 return
