@@ -166,8 +166,18 @@ class WandbSink(Sink):
         row[STEP_KEY] = step or 0
         self._log(row)
 
+    def _clean_summary(self) -> None:
+        """The offset and the shipper's own figures are bookkeeping: out of the run's summary."""
+        try:
+            summary = self.run.summary
+            for key in [k for k in summary.keys() if k == OFFSET_KEY or k.startswith(HEALTH_PREFIX)]:
+                del summary[key]
+        except Exception:  # noqa: BLE001 - cosmetic: never fail a close on it
+            pass
+
     def close(self, status: str | None) -> None:
         self._flush_row()
+        self._clean_summary()
         exit_code = STATUS_TO_EXIT.get(status, 1) if status is not None else 1
         self.run.finish(exit_code=exit_code)
         self.run = None
@@ -175,6 +185,7 @@ class WandbSink(Sink):
     def abandon(self) -> None:
         if self.run is not None:
             self._flush_row()
+            self._clean_summary()
             try:
                 self.run.finish(exit_code=1)
             except Exception:  # noqa: BLE001

@@ -179,3 +179,36 @@ def test_sync_of_a_runs_folder_delivers_every_run_with_something_pending(mlflow_
     assert again.returncode == 0 and "run " not in again.stdout  # nothing pending: no run is touched
     assert time.monotonic() - started < 30
     assert find_run_files is not None
+
+
+@pytest.mark.timeout(300)
+def test_a_table_wandb_cannot_convert_is_set_aside_and_the_rows_after_it_arrive(mlflow_server, tmp_path, capfd) -> None:
+    from lightning_dualtrack.cli import main as dualtrack_main
+    from lightning_dualtrack.sinks.wandb import OFFSET_KEY
+    from lightning_dualtrack.wandb_file import read_runs
+    from tests.reliability.ledger import wandb_points
+
+    with make_logger(tmp_path, mlflow_server.url, finalize_timeout=60) as run:
+        for step in range(100):
+            run.log_metrics({"loss": 1.0 / (step + 1)}, step=step)
+            if step == 20:
+                run.log_table("predictions", ["score"], [[0.91], ["n/a"]], step=step)  # mixed types: W&B TypeError
+    rejected = load_rejected(run.run_dir, "wandb")
+    assert [(r["kind"], r["key"], r["error"]) for r in rejected] == [("table", "predictions", "conversion")]
+    assert "incompatible types" in rejected[0]["reason"] or "TypeError" in rejected[0]["reason"]
+    points = wandb_points(run.run_dir, run.run_id)
+    assert sorted(s for (k, s, _), n in points.items() if k == "loss" for _ in range(n)) == list(range(100))
+    assert load_rejected(run.run_dir, "mlflow") == []  # MLflow stored the table as a file
+    err = capfd.readouterr().err
+    assert "wandb: 1 record(s) REJECTED and set aside" in err and "--retry-rejected" in err
+    # the logger's own figures and the offset stay out of the run's summary
+    summary = read_runs(run.run_dir, run.run_id).summary
+    assert OFFSET_KEY not in summary and not any(k.startswith(("dualtrack/", "system/dualtrack/")) for k in summary), summary
+    # status lists the record by reason; sync says it is not delivered (exit 1) and how to retry
+    assert dualtrack_main(["status", str(run.run_dir)]) == 0
+    out = capfd.readouterr().out
+    assert "set aside, by reason" in out and "predictions" in out
+    result = sync(str(run.run_dir), "--retry-rejected")
+    assert result.returncode == 1 and "--retry-rejected" in result.stdout
+    assert len(load_rejected(run.run_dir, "wandb")) == 1
+    assert sorted(s for (k, s, _), n in wandb_points(run.run_dir, run.run_id).items() if k == "loss" for _ in range(n)) == list(range(100))
