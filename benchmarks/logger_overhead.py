@@ -842,8 +842,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     if args.backlog:
-        import tempfile
-
         with tempfile.TemporaryDirectory(prefix="dualtrack-backlog-") as tmp:
             result = backlog_scenario(args.backlog, args.metrics or 10, Path(tmp))
         print(json.dumps(result, indent=1))

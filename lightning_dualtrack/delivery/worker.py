@@ -69,6 +69,10 @@ class Backoff:
         return max(delay, min(float(retry_after), 60.0)) if retry_after else delay
 
 
+class _Stop(Exception):
+    """Raised from the ack callback inside a long ``deliver`` call: told to stop, or out of time."""
+
+
 def _record_key(record: dict[str, Any]) -> str | None:
     if record.get("key"):
         return str(record["key"])
@@ -259,6 +263,9 @@ class SinkWorker(threading.Thread):
         self.state["offset"] = max(self.state["offset"], entries[n - 1].offset)
         if not self.sink.appends or time.monotonic() - self._last_save > _ACK_EVERY_S:
             self._ack()
+        if self.stop.is_set() or self._should_give_up():  # between two requests of a long backlog
+            self._ack()
+            raise _Stop
 
     def _ack(self) -> None:
         self.save(last_step=self._last_step, last_delivery_ms=now_ms())
@@ -278,6 +285,8 @@ class SinkWorker(threading.Thread):
                     self.log(f"[dualtrack] {self.sink_name}: no longer blocked; delivering")
                     self.state["blocked"] = None
                 return True
+            except _Stop:
+                return False
             except Exception as raw:  # noqa: BLE001 - classified below
                 err = classify(raw)
             finally:

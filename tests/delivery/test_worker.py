@@ -171,3 +171,17 @@ def test_sync_retries_set_aside_records_whose_reason_may_have_passed(tmp_path: P
     assert stored_steps(again) == [3]  # only the set-aside record; nothing delivered is sent again
     assert load_rejected(run_dir, "fake") == []
     assert load_state(run_dir, "fake")["failed"] == 0
+
+
+def test_a_timeout_stops_a_long_backlog_between_requests_with_progress_kept(tmp_path: Path) -> None:
+    run_dir = make_run(tmp_path, metrics(2000))
+    sink = _ctx_sink(run_dir, per_request=10, on_request=lambda n: time.sleep(0.01))
+    t0 = time.monotonic()
+    worker, _ = run_worker(run_dir, sink, give_up_after=0.3)
+    assert time.monotonic() - t0 < 3  # not the ~2 s x load the whole backlog takes
+    assert 0 < len(sink.rows) < 2000 and worker.gave_up
+    entries, _ = JournalReader(run_dir).read(0)
+    assert load_state(run_dir, "fake")["offset"] == entries[len(sink.rows) - 1].offset  # every stored request acked
+    resumed = _ctx_sink(run_dir, per_request=500)
+    run_worker(run_dir, resumed)
+    assert stored_steps(sink) + stored_steps(resumed) == list(range(2000))
