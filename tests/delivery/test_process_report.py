@@ -106,3 +106,40 @@ def test_final_report_says_what_is_pending_rejected_and_why_and_the_command(tmp_
     assert "wandb: 1 record(s) REJECTED and set aside: 1 x TypeError: Data row contained incompatible types" in text
     assert f"dualtrack sync {run_dir} --retry-rejected" in text
     assert f"Deliver it with:  dualtrack sync {run_dir}" in text
+
+
+def test_sync_takes_over_the_lock_of_an_orphaned_shipper_but_not_of_a_live_one(tmp_path: Path) -> None:
+    import subprocess
+
+    from lightning_dualtrack.delivery.shipper import ShipperBusy, acquire_lock
+    from lightning_dualtrack.delivery.state import lock_is_held
+
+    run_dir = make_run(tmp_path, metrics(1))
+    (run_dir / "state").mkdir(exist_ok=True)
+    hold = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+            "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, str(os.getpid()).encode()); print('held', flush=True); time.sleep(60)")
+
+    def holder(parent: int) -> subprocess.Popen:
+        # looks like `python -m lightning_dualtrack.shipper RUN --parent-pid N` to the take-over check
+        proc = subprocess.Popen([sys.executable, "-c", hold, str(run_dir / "state" / "shipper.lock"),
+                                 "lightning_dualtrack.shipper", "--parent-pid", str(parent)], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "held"
+        return proc
+
+    live = holder(os.getpid())  # its parent (this process) is alive: never taken over
+    try:
+        with pytest.raises(ShipperBusy):
+            acquire_lock(run_dir, take_over_stale=True)
+    finally:
+        live.kill()
+        live.wait()
+    orphan = holder(2**22 + 12345)  # a parent pid that does not exist
+    try:
+        fd = acquire_lock(run_dir, take_over_stale=True)
+        assert orphan.wait(timeout=10) is not None  # stopped (SIGTERM)
+        assert lock_is_held(run_dir)
+        os.close(fd)
+    finally:
+        if orphan.poll() is None:
+            orphan.kill()
+            orphan.wait()
