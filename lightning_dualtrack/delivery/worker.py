@@ -154,9 +154,16 @@ class SinkWorker(threading.Thread):
             self._orphaned_at = time.monotonic()
         return True
 
-    def _should_give_up(self) -> bool:
+    def _out_of_time(self) -> bool:
         if self.give_up_after is not None and time.monotonic() - self._t0 > self.give_up_after:
             self.gave_up = f"gave up after --timeout {self.give_up_after:g} s"
+            return True
+        return False
+
+    def _should_give_up(self) -> bool:
+        """Checked while retrying: out of time, or orphaned for longer than ``orphan_timeout`` (an orphan that
+        is delivering successfully goes on: only retrying is bounded)."""
+        if self._out_of_time():
             return True
         if self._parent_gone() and time.monotonic() - self._orphaned_at > self.orphan_timeout:
             self.gave_up = f"the training process is gone; gave up retrying after {self.orphan_timeout:g} s"
@@ -263,7 +270,7 @@ class SinkWorker(threading.Thread):
         self.state["offset"] = max(self.state["offset"], entries[n - 1].offset)
         if not self.sink.appends or time.monotonic() - self._last_save > _ACK_EVERY_S:
             self._ack()
-        if self.stop.is_set() or self._should_give_up():  # between two requests of a long backlog
+        if self.stop.is_set() or self._out_of_time():  # between two requests of a long backlog
             self._ack()
             raise _Stop
 
