@@ -141,10 +141,15 @@ class _Progress:
             return
         bar = self.bars.get(sink)
         if bar is None:
+            import shutil
+
             from tqdm import tqdm
 
+            # a terminal that reports no size (some ptys) would hide the bars
+            size_now = shutil.get_terminal_size((100, 20))
             bar = self.bars[sink] = tqdm(total=size, initial=0, unit="B", unit_scale=True, desc=f"{self.run_dir.name} {sink}",
-                                         position=len(self.bars), leave=True, file=sys.stderr)
+                                         position=len(self.bars), leave=True, file=sys.stderr,
+                                         ncols=size_now.columns or 100, nrows=max(size_now.lines, 5))
         bar.total = size
         bar.n = min(offset, size)
         bar.refresh()

@@ -141,6 +141,8 @@ class SinkWorker(threading.Thread):
         self.state["unparseable_lines"] = self.reader.corrupt_lines
         save_state(self.ctx.run_dir, self.sink_name, self.state)
         self._last_save = time.monotonic()
+        if self.on_progress is not None and self.sink is not None:
+            self.on_progress(self.sink_name, self.state["offset"], self.reader.size())
 
     def _say_once(self, key: str, message: str) -> None:
         if key not in self._said:
@@ -276,8 +278,6 @@ class SinkWorker(threading.Thread):
 
     def _ack(self) -> None:
         self.save(last_step=self._last_step, last_delivery_ms=now_ms())
-        if self.on_progress is not None:
-            self.on_progress(self.sink_name, self.state["offset"], self.reader.size())
 
     def _deliver(self, entries: list[Entry], set_aside: Callable[[Entry, DeliveryError], None] | None = None) -> bool:
         """Deliver entries (retrying, splitting, isolating); False if told to stop (or out of time) first."""

@@ -210,3 +210,39 @@ def test_a_table_wandb_cannot_convert_is_set_aside_and_the_rows_after_it_arrive(
     assert result.returncode == 1 and "--retry-rejected" in result.stdout
     assert len(load_rejected(run.run_dir, "wandb")) == 1
     assert sorted(s for (k, s, _), n in wandb_points(run.run_dir, run.run_id).items() if k == "loss" for _ in range(n)) == list(range(100))
+
+
+@pytest.mark.timeout(300)
+def test_sync_on_a_terminal_shows_progress_per_backend(tmp_path) -> None:
+    import pty
+    import select
+
+    from lightning_dualtrack import DualTrackLogger
+
+    logger = DualTrackLogger(save_dir=tmp_path / "runs", mlflow=False, wandb_mode="offline", start_shipper=False,
+                             log_system_info=False)
+    for step in range(3000):
+        logger.log_metrics({"loss": 1.0 / (step + 1), "acc": step / 3000}, step=step)
+    logger.finalize("success")
+    main_fd, child_fd = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "lightning_dualtrack.cli", "sync", str(logger.run_dir)],
+                            stdin=child_fd, stdout=child_fd, stderr=child_fd, close_fds=True)
+    os.close(child_fd)
+    out = b""
+    while True:
+        ready, _, _ = select.select([main_fd], [], [], 1.0)
+        if ready:
+            try:
+                chunk = os.read(main_fd, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+        elif proc.poll() is not None:
+            break
+    proc.wait(timeout=120)
+    os.close(main_fd)
+    text = out.decode("utf-8", "replace")
+    assert proc.returncode == 0, text[-2000:]
+    assert f"{logger.run_dir.name} wandb" in text and "100%" in text, text[-2000:]  # a tqdm bar, per backend
