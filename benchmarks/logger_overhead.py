@@ -698,6 +698,71 @@ def _headline(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+# --------------------------------------------------------------------------------------------------
+# --backlog: a journal of N points delivered by `dualtrack sync`, against the server alone
+# --------------------------------------------------------------------------------------------------
+
+
+def backlog_scenario(points: int, keys: int, workdir: Path) -> dict[str, Any]:
+    """Time for the shipper to deliver a ``points`` backlog to MLflow, next to the server's own speed.
+
+    Server alone: ``MlflowClient.log_batch`` of 1000-metric requests into a fresh run. Shipper: a run
+    directory whose journal holds the same points (``points / keys`` steps x ``keys`` metrics), delivered
+    by ``run_shipper`` as ``dualtrack sync`` does. Both against one local ``mlflow server`` (sqlite).
+    Also reports the requests the shipper made (a re-send would show as more than points / 1000).
+    """
+    import time as _time
+
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    from lightning_dualtrack import DualTrackLogger
+    from lightning_dualtrack.delivery.shipper import run_shipper
+
+    steps = points // keys
+    server, _ = _mlflow_server(workdir / "server")
+    with server:
+        url = server.url
+        client = MlflowClient(url)
+        exp = client.create_experiment("backlog-server-alone")
+        rid = client.create_run(exp).info.run_id
+        ts = int(_time.time() * 1000)
+        batch: list = []
+        t0 = _time.perf_counter()
+        for step in range(steps):
+            for j in range(keys):
+                batch.append(Metric(f"{METRIC_PREFIX}{j}", float(step * keys + j), ts + step, step))
+                if len(batch) == 1000:
+                    client.log_batch(rid, metrics=batch, synchronous=True)
+                    batch = []
+        if batch:
+            client.log_batch(rid, metrics=batch, synchronous=True)
+        server_s = _time.perf_counter() - t0
+
+        logger = DualTrackLogger(experiment_name="backlog-shipper", tracking_uri=url, wandb=False,
+                                 save_dir=workdir / "runs", start_shipper=False, log_system_info=False)
+        for step in range(steps):
+            logger.log_metrics({f"{METRIC_PREFIX}{j}": float(step * keys + j) for j in range(keys)}, step=step)
+        logger.finalize("success")
+        t0 = _time.perf_counter()
+        states = run_shipper(logger.run_dir, only={"mlflow"}, log=lambda m: None, poll_interval=0.2)
+        shipper_s = _time.perf_counter() - t0
+        state = states["mlflow"]
+        stored = count_sqlite_points(_sqlite_path(server.backend_store_uri) or str(workdir / "server" / "mlflow.db"),
+                                     state["identity"]["run_id"])
+    return {
+        "points": steps * keys,
+        "server_alone_s": round(server_s, 2),
+        "server_alone_points_per_s": round(steps * keys / server_s),
+        "shipper_s": round(shipper_s, 2),
+        "shipper_points_per_s": round(steps * keys / shipper_s),
+        "ratio_shipper_vs_server": round(server_s / shipper_s, 3),
+        "stored": stored,
+        "requests": state.get("requests"),
+        "closed": state.get("closed"),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -765,8 +830,22 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="keep the temporary directory (server store, W&B runs, worker logs)",
     )
+    p.add_argument(
+        "--backlog",
+        type=int,
+        default=None,
+        metavar="POINTS",
+        help="deliver a journal of POINTS metric points (--metrics keys per step, default 10) with `dualtrack sync`'s "
+        "code and compare with the server alone (1000-metric MlflowClient.log_batch); e.g. --backlog 200000",
+    )
     p.add_argument("--_worker", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+
+    if args.backlog:
+        with tempfile.TemporaryDirectory(prefix="dualtrack-backlog-") as tmp:
+            result = backlog_scenario(args.backlog, args.metrics or 10, Path(tmp))
+        print(json.dumps(result, indent=1))
+        return 0 if result["stored"] == result["points"] and result["closed"] else 1
 
     if args._worker:
         spec = json.loads(Path(args._worker[0]).read_text())

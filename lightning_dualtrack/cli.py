@@ -2,9 +2,10 @@
 
 * ``dualtrack fit|validate|test|predict --config recipe.yaml``: LightningCLI with ``DualTrackLogger``
   as the default logger (see :mod:`lightning_dualtrack.lightning_cli`).
-* ``dualtrack sync RUN_DIR...``: deliver what a run did not deliver (offline, crashed, server down).
-  Running it twice stores nothing twice.
-* ``dualtrack status RUN_DIR...``: per backend, records delivered, pending and rejected.
+* ``dualtrack sync RUN_DIR|RUNS_DIR...``: deliver what a run did not deliver (offline, crashed, server
+  down); a runs folder means every run in it with something pending. Running it twice stores nothing
+  twice. Exits 1 while anything is undelivered (pending, or set aside: ``--retry-rejected``).
+* ``dualtrack status RUN_DIR...``: per backend, records delivered, pending and set aside (by reason).
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lightning_dualtrack.delivery.report import pending_records, sync_command
+from lightning_dualtrack.delivery.shipper import ShipperBusy, run_shipper
+from lightning_dualtrack.delivery.state import load_rejected, load_state, rejected_by_reason
 from lightning_dualtrack.journal import JournalReader
-from lightning_dualtrack.shipper import ShipperBusy, load_state, run_shipper
+from lightning_dualtrack.sinks import enabled_sinks, sink_names
 from lightning_dualtrack.sinks.base import RUN_FILE, RunContext
 
 _LIGHTNING_SUBCOMMANDS = {"fit", "validate", "test", "predict"}
@@ -36,42 +40,60 @@ def _run_dirs(paths: list[str]) -> list[Path]:
 
 
 def run_status(run_dir: Path) -> dict[str, Any]:
-    """Delivered / pending / rejected record counts per backend, and where each backend's run is."""
+    """Delivered / pending / set-aside records per backend, and where each backend's run is."""
     ctx = RunContext.load(run_dir)
-    entries, end_offset = JournalReader(run_dir).read(0)
+    reader = JournalReader(run_dir)
+    entries, end_offset = reader.read(0)
     last_status = "running"
     for e in entries:
         if e.record.get("k") == "end":
             last_status = e.record.get("status")
         elif e.record.get("k") == "start":
             last_status = "running"
-    out: dict[str, Any] = {"run_id": ctx.run_id, "run_dir": str(run_dir), "records": len(entries), "status": last_status, "backends": {}}
-    for name in ("mlflow", "wandb"):
-        if not ctx.settings.get(name, {}).get("enabled"):
-            continue
+    out: dict[str, Any] = {"run_id": ctx.run_id, "run_dir": str(run_dir), "records": len(entries), "status": last_status,
+                           "unparseable_lines": reader.corrupt_lines, "backends": {}}
+    for name in enabled_sinks(ctx.settings):
         state = load_state(run_dir, name)
         offset = state.get("offset", 0)
         delivered = sum(1 for e in entries if e.offset <= offset)
+        rejected = load_rejected(run_dir, name)
         ident = state.get("identity") or {}
         out["backends"][name] = {
-            "delivered": delivered,
+            "delivered": delivered - len(rejected),
             "pending": len(entries) - delivered,
-            "failed": state.get("failed", 0),
+            "failed": len(rejected),
+            "rejected": rejected,
+            "rejected_by_reason": dict(rejected_by_reason(rejected)),
             "closed": bool(state.get("closed")) and delivered == len(entries),
             "run_id": ident.get("run_id"),
             "where": ident.get("url") or ident.get("dir"),
             "last_error": state.get("last_error"),
+            "blocked": state.get("blocked"),
         }
     return out
+
+
+def _undelivered(status: dict[str, Any], only: set[str] | None = None) -> bool:
+    return any(b["pending"] or not b["closed"] or b["failed"]
+               for n, b in status["backends"].items() if only is None or n in only)
 
 
 def _print_status(status: dict[str, Any]) -> None:
     print(f"run {status['run_id']}  ({status['status']}, {status['records']} records)  {status['run_dir']}")
     for name, b in status["backends"].items():
-        state = "up to date" if b["closed"] else ("pending" if b["pending"] else "open")
+        state = "up to date" if b["closed"] and not b["failed"] else ("pending" if b["pending"] else ("rejected" if b["failed"] else "open"))
         print(f"  {name:7s} delivered {b['delivered']:>7d}  pending {b['pending']:>7d}  rejected {b['failed']:>4d}  [{state}]  {b['run_id'] or '-'}  {b['where'] or ''}")
-        if b["last_error"] and not b["closed"]:
+        if b.get("blocked"):
+            print(f"          BLOCKED: {b['blocked'].get('reason')}\n          to deliver: {b['blocked'].get('action')}")
+        elif b["last_error"] and not b["closed"]:
             print(f"          last error: {b['last_error']}")
+        if b["failed"]:
+            print("          set aside, by reason (`dualtrack sync --retry-rejected` delivers them again):")
+            for reason, n in sorted(b["rejected_by_reason"].items(), key=lambda kv: -kv[1]):
+                keys = sorted({str(i.get("key")) for i in b["rejected"] if str(i.get("reason") or i.get("error"))[:160] == reason})
+                print(f"            {n:>5d} x {reason}  (keys: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''})")
+    if status.get("unparseable_lines"):
+        print(f"  journal: {status['unparseable_lines']} line(s) could not be parsed (skipped, counted)")
 
 
 def _hints(status: dict[str, Any]) -> list[str]:
@@ -97,7 +119,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         run_dirs = sorted(run_dirs, key=lambda d: (d / RUN_FILE).stat().st_mtime)[-1:]
     statuses = [run_status(d) for d in run_dirs]
     if args.json:
-        print(json.dumps(statuses, indent=1))
+        print(json.dumps(statuses, indent=1, default=repr))
     else:
         for s in statuses:
             _print_status(s)
@@ -106,22 +128,91 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Progress:
+    """Per backend: journal bytes acknowledged, with rate and time left (tqdm), only on a terminal."""
+
+    def __init__(self, run_dir: Path, enabled: bool) -> None:
+        self.bars: dict[str, Any] = {}
+        self.enabled = enabled
+        self.run_dir = run_dir
+
+    def __call__(self, sink: str, offset: int, size: int) -> None:
+        if not self.enabled:
+            return
+        bar = self.bars.get(sink)
+        if bar is None:
+            import shutil
+
+            from tqdm import tqdm
+
+            # a terminal that reports no size (some ptys) would hide the bars
+            size_now = shutil.get_terminal_size((100, 20))
+            bar = self.bars[sink] = tqdm(total=size, initial=0, unit="B", unit_scale=True, desc=f"{self.run_dir.name} {sink}",
+                                         position=len(self.bars), leave=True, file=sys.stderr,
+                                         ncols=size_now.columns or 100, nrows=max(size_now.lines, 5))
+        bar.total = size
+        bar.n = min(offset, size)
+        bar.refresh()
+
+    def write(self, message: str) -> None:
+        """A message above the bars (or a plain line when there are none)."""
+        if self.bars:
+            from tqdm import tqdm
+
+            tqdm.write(message, file=sys.stderr)
+        else:
+            print(message, file=sys.stderr)
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+
+
+def _needs_sync(run_dir: Path, only: set[str] | None, retry_rejected: bool) -> bool:
+    """Anything pending, unclosed or (worth) retrying in this run?"""
+    ctx = RunContext.load(run_dir)
+    for name in enabled_sinks(ctx.settings):
+        if only is not None and name not in only:
+            continue
+        state = load_state(run_dir, name)
+        if not state.get("closed") or pending_records(run_dir, int(state.get("offset") or 0)):
+            return True
+        if (run_dir / "state" / f"{name}.failed.jsonl").exists():
+            return True
+        if any(retry_rejected or i.get("retry_default") for i in load_rejected(run_dir, name)):
+            return True
+    return False
+
+
 def cmd_sync(args: argparse.Namespace) -> int:
     ok = True
     only = set(args.only) if args.only else None
-    for run_dir in _run_dirs(args.run_dirs):
+    run_dirs = _run_dirs(args.run_dirs)
+    explicit = len(args.run_dirs) == len(run_dirs) and all((Path(p) / RUN_FILE).exists() for p in args.run_dirs)
+    quiet = not sys.stderr.isatty()
+    for run_dir in run_dirs:
+        if not explicit and not _needs_sync(run_dir, only, args.retry_rejected):
+            continue  # a runs folder: only the runs with something to deliver
+        progress = _Progress(run_dir, enabled=not quiet and not args.no_progress)
+        log = (lambda m: None) if (quiet and args.quiet) else progress.write
         try:
-            # right after a crash the orphaned shipper may still be finishing: wait for it
+            # right after a crash the orphaned shipper may still be finishing: wait for it, then take over
             run_shipper(run_dir, follow=False, poll_interval=0.2, give_up_after=args.timeout, only=only,
-                        log=lambda m: print(m, file=sys.stderr), lock_wait=args.wait)
+                        log=log, lock_wait=args.wait, retry_rejected=True if args.retry_rejected else None,
+                        take_over_stale=True, progress=progress)
         except ShipperBusy as err:
             print(f"dualtrack: {err}", file=sys.stderr)
             ok = False
             continue
+        finally:
+            progress.close()
         status = run_status(run_dir)
         _print_status(status)
-        if any(b["pending"] or not b["closed"] for n, b in status["backends"].items() if only is None or n in only):
+        if _undelivered(status, only):
             ok = False
+            retry = any(b["failed"] for b in status["backends"].values())
+            print(f"  not everything is delivered; run again (after fixing the cause above):  "
+                  f"{sync_command(run_dir, retry_rejected=retry)}")
         for line in _hints(status):
             print(line)
     return 0 if ok else 1
@@ -136,8 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
     p_sync = sub.add_parser("sync", help="deliver what was not delivered (idempotent)")
     p_sync.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p_sync.add_argument("--timeout", type=float, default=300.0, help="give up retrying a backend after this many seconds")
-    p_sync.add_argument("--only", choices=["mlflow", "wandb"], action="append", help="deliver to this backend only")
-    p_sync.add_argument("--wait", type=float, default=60.0, help="wait this long for another process delivering the run")
+    p_sync.add_argument("--only", choices=list(sink_names()), action="append", help="deliver to this backend only")
+    p_sync.add_argument("--wait", type=float, default=60.0,
+                        help="wait this long for another process delivering the run (an orphaned shipper is then stopped)")
+    p_sync.add_argument("--retry-rejected", action="store_true",
+                        help="deliver again every record a backend rejected (by default only those whose reason may have passed)")
+    p_sync.add_argument("--no-progress", action="store_true", help="no progress bars, even on a terminal")
+    p_sync.add_argument("--quiet", action="store_true", help="when not on a terminal, print only the summary")
     p_sync.set_defaults(func=cmd_sync)
     p_status = sub.add_parser("status", help="delivered / pending / rejected records per backend")
     p_status.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")

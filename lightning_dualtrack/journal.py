@@ -112,11 +112,22 @@ class Entry:
 
 
 class JournalReader:
-    """Reads complete records from a byte offset on; a torn or corrupt line ends the readable part."""
+    """Reads complete records from a byte offset on.
+
+    A line that is not a JSON object (torn by a crash and followed by a later process's records, or
+    garbage) is skipped and counted: ``corrupt_offsets`` holds the byte offset where each such line
+    starts, so that the shipper reports them instead of skipping them silently. A last line without
+    its newline is not read (it may still be being written).
+    """
 
     def __init__(self, run_dir: str | os.PathLike) -> None:
         self.path = Path(run_dir) / JOURNAL_NAME
-        self.corrupt_lines = 0
+        self.corrupt_offsets: set[int] = set()
+
+    @property
+    def corrupt_lines(self) -> int:
+        """How many distinct unreadable lines the reads so far have met."""
+        return len(self.corrupt_offsets)
 
     def read(self, offset: int = 0, max_records: int | None = None) -> tuple[list[Entry], int]:
         """Records after ``offset`` and the offset to resume from (just after the last complete record)."""
@@ -134,14 +145,17 @@ class JournalReader:
             if nl < 0:
                 break  # torn tail (or a record still being written): not ours yet
             line = data[pos:nl]
+            start = offset + pos
             pos = nl + 1
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
             except ValueError:
-                # a line torn by a crash and then followed by a later process's records
-                self.corrupt_lines += 1
+                record = None
+            if not isinstance(record, dict):
+                # a line torn by a crash and then followed by a later process's records, or garbage
+                self.corrupt_offsets.add(start)
                 continue
             entries.append(Entry(offset + pos, record))
             if max_records is not None and len(entries) >= max_records:

@@ -24,6 +24,7 @@ from lightning_dualtrack.redact import redact_mapping, redact_string
 from lightning_dualtrack.run.config import RunConfig, new_run_name
 from lightning_dualtrack.run.lifecycle import (
     ShipperProcess,
+    StrictHealth,
     final_report,
     pending_message,
     shipper_env,
@@ -45,10 +46,12 @@ class Run:
         self.params = ParamRules(self.messages, self.keys)
         self.journal: JournalWriter | None = None
         self.shipper: ShipperProcess | None = None
+        self.strict_health: StrictHealth | None = None
         self.run_dir: Path | None = None
         self.payloads: Payloads | None = None
         self.finalized = False
         self.auto_step = 0
+        self.restarts = 0  # of the delivery process, over every session of this run
         self.dropped_records = 0
         self.last_report: dict[str, Any] | None = None
         self._metadata_logged = False
@@ -87,12 +90,15 @@ class Run:
             self._log_system_metadata()
         if self.config.start_shipper and self.config.sinks:
             env = shipper_env(self.config.tracking_uri, self.config.mlflow_user, self.config.mlflow_password)
-            self.shipper = ShipperProcess(self.run_dir, env, self.config.sinks, warn=self.messages.fail, flush_interval=self.config.flush_interval)
-            self.shipper.start()
-            if self.shipper.popen is None:
-                self.shipper = None
+            shipper = ShipperProcess(self.run_dir, env, self.config.sinks, warn=self.messages.warn)
+            try:
+                shipper.start()
+                self.shipper = shipper
+            except OSError as err:
+                self.messages.fail(f"cannot start the delivery process ({err}); deliver later with `dualtrack sync {self.run_dir}`")
         if self.config.strict and self.shipper is not None:
-            self.shipper.wait_until_open()
+            self.strict_health = StrictHealth(self.run_dir, self.config.sinks, self.config.flush_interval)
+            self.shipper.wait_until_open(120.0)
         return self.journal
 
     def settings(self) -> dict[str, Any]:
@@ -195,8 +201,10 @@ class Run:
             values[name] = value
         if values:
             self.append(records.metrics(step, values))
-        if self.config.strict and self.shipper is not None:
-            self.shipper.check()
+        if self.shipper is not None:
+            self.shipper.check()  # a clock compare; at most once a second a non-blocking poll()
+            if self.strict_health is not None:
+                self.strict_health.check()
 
     def log_params(self, params: Any) -> None:
         self.ensure_started()
@@ -275,12 +283,12 @@ class Run:
         self.journal.close()
         self.journal = None  # a later log call (e.g. trainer.test after fit) continues the run
         if self.shipper is not None:
+            self.restarts += self.shipper.restarts
             report = self.shipper.finish(self.config.finalize_timeout)
-            restarts = self.shipper.restarts
             self.shipper = None
         else:
-            report, restarts = sink_states(self.run_dir, self.config.sinks), 0
-        print(final_report(self.run_dir, report, finalize_timeout=self.config.finalize_timeout, restarts=restarts), file=sys.stderr)
+            report = sink_states(self.run_dir, self.config.sinks)
+        print(final_report(self.run_dir, report, finalize_timeout=self.config.finalize_timeout, restarts=self.restarts), file=sys.stderr)
         self.last_report = dict(report)
         if self.config.strict and status == "success":  # on failure Lightning is handling the original error: never mask it
             failed = {n: s for n, s in report.items() if not s.get("closed")}

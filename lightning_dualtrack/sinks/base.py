@@ -4,22 +4,27 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# The error taxonomy lives in one module; these names stay importable from here.
+from lightning_dualtrack.delivery.errors import (  # noqa: F401
+    AlreadyExists,
+    BlockedError,
+    ConversionError,
+    DeliveryError,
+    PermanentError,
+    RejectedError,
+    TooLargeError,
+    TransientError,
+)
 from lightning_dualtrack.journal import Entry
 
 RUN_FILE = "run.json"
 STATUS_TO_EXIT = {"success": 0, "failed": 1, "aborted": 255}
 
-
-class TransientError(Exception):
-    """Delivery failed for a reason that may pass (network, 5xx, 429, timeout): retry the batch."""
-
-
-class PermanentError(Exception):
-    """Delivery failed for a reason that will not pass (invalid request): the shipper isolates the record."""
 
 
 def read_json(path: Path, default: Any = None) -> Any:
@@ -68,15 +73,34 @@ class RunContext:
 
 
 class Sink:
-    """One backend. Only a sink module imports its backend; the shipper calls these in one thread."""
+    """One backend. Only a sink module imports its backend; the shipper calls these in one thread.
+
+    Required: :meth:`open`, :meth:`deliver`, :meth:`close`. Optional hooks (the defaults do nothing):
+    :meth:`link`, :meth:`report_health`, :meth:`abandon`, :meth:`durable_offset` (a sink whose backend
+    acknowledges before it stores returns what provably is stored), and ``fallback_reason`` (a sentence
+    the shipper prints once, e.g. "recording offline"). Errors raised are those of
+    :mod:`lightning_dualtrack.delivery.errors` (anything else is classified there).
+    """
 
     name = "base"
+    #: a sentence the shipper prints after ``open`` when the sink fell back to something else
+    fallback_reason: str | None = None
+    #: whether replaying a delivered record stores it twice (W&B appends rows): the worker then acks
+    #: partial progress exactly, and the sink must report it through :meth:`stored`
+    appends: bool = False
 
     def __init__(self, ctx: RunContext) -> None:
         self.ctx = ctx
         self._requests = 0
         self.bytes_uploaded = 0
         self.progress = 0  # entries of the current deliver() call already stored (for partial retries)
+        self.on_stored: Callable[[int], None] | None = None  # set by the worker: ack as requests succeed
+
+    def stored(self, n: int) -> None:
+        """The first ``n`` entries of the current :meth:`deliver` call are stored (called after each request)."""
+        self.progress = n
+        if self.on_stored is not None and n > 0:
+            self.on_stored(n)
 
     @property
     def requests(self) -> int:
@@ -88,18 +112,23 @@ class Sink:
         raise NotImplementedError
 
     def deliver(self, entries: list[Entry]) -> None:
-        """Deliver records (all or nothing as far as a retry is concerned: replays must be idempotent)."""
+        """Deliver records in order, calling :meth:`stored` as requests succeed; replays must be idempotent."""
         raise NotImplementedError
-
-    def link(self, other: str, identity: dict[str, Any]) -> None:
-        """Record the other backend's run identity in this backend's run (cross-linking)."""
-
-    def report_health(self, health: dict[str, float], step: int | None) -> None:
-        """Record the shipper's own health figures (``dualtrack/...``)."""
 
     def close(self, status: str | None) -> None:
         """End the backend run; ``status`` is success | failed | aborted, None for a run that crashed."""
         raise NotImplementedError
 
+    # -- optional hooks --------------------------------------------------------------------------
+    def link(self, other: str, identity: dict[str, Any]) -> None:
+        """Record the other backend's run identity in this backend's run (cross-linking)."""
+
+    def report_health(self, health: dict[str, float], step: int | None) -> None:
+        """Record the shipper's own health figures (where the backend keeps system figures)."""
+
     def abandon(self) -> None:
         """Release resources without ending the run (the shipper is stopping with work pending)."""
+
+    def durable_offset(self) -> int | None:
+        """The journal offset up to which the backend provably stores every record; None: not known."""
+        return None

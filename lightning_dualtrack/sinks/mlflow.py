@@ -18,7 +18,7 @@ from lightning_dualtrack._imports import _MLFLOW_AVAILABLE
 from lightning_dualtrack.journal import Entry
 from lightning_dualtrack.normalize import MLFLOW_MAX_TAG_VALUE, KeyMap, param_text
 from lightning_dualtrack.redact import strip_url_credentials
-from lightning_dualtrack.sinks.base import PermanentError, RunContext, Sink
+from lightning_dualtrack.sinks.base import AlreadyExists, PermanentError, RunContext, Sink, TooLargeError
 from lightning_dualtrack.sinks.mlflow_api import ClientApi, RestApi
 
 MAX_METRICS = 1000
@@ -26,6 +26,7 @@ MAX_PARAMS = 100
 MAX_TAGS = 100
 MAX_ENTITIES = 1000
 MAX_BODY_BYTES = 900_000  # MLflow's limit is 1 MB; keep a margin for JSON overhead
+HEALTH_PREFIX = "system/dualtrack/mlflow/"
 _STATUS = {"success": "FINISHED", "failed": "FAILED", "aborted": "KILLED", None: "FAILED"}
 
 
@@ -149,39 +150,57 @@ class MlflowSink(Sink):
         import time
 
         ts = int(time.time() * 1000)
-        metrics = [(f"dualtrack/mlflow/{k}", float(v), ts, step or 0) for k, v in sorted(health.items())]
+        # ``system/``: MLflow's System metrics tab, away from the model's charts
+        metrics = [(f"{HEALTH_PREFIX}{k}", float(v), ts, step or 0) for k, v in sorted(health.items())]
         self.api.log_batch(self.run_id, metrics=metrics)
 
     # -- delivery ------------------------------------------------------------------------------
     def deliver(self, entries: list[Entry]) -> None:
-        # ``progress`` = how many leading entries are stored, so that a retry after a transient failure
-        # resends only the request group that failed, not the whole batch: with a server failing a
-        # fraction of requests, a batch of k requests would otherwise succeed with probability (1-p)^k.
+        # Requests hold whole records where they fit (one record with more than 1000 values spans several),
+        # and after each request that succeeds, ``stored(n)`` acknowledges the first n records: a stop at any
+        # moment loses no progress, and a retry after a failure resends only the request that failed.
         self.progress = 0
         metrics: list = []
         params: list = []
         tags: list = []
         new_params: dict[str, str] = {}
+        pending = [0]  # body-size estimate of what is accumulated
 
         def flush(upto: int) -> None:
-            for m, p, t in chunk_batch(metrics, params, tags):
-                self.api.log_batch(self.run_id, metrics=m, params=p, tags=t)
-                self.bytes_uploaded += sum(len(x[0]) + len(str(x[1])) for x in (*m, *p, *t))
-            self._params_logged.update(new_params)
+            if metrics or params or tags:
+                for m, p, t in chunk_batch(metrics, params, tags):
+                    self._send(m, p, t)
+                self._params_logged.update(new_params)
             metrics.clear()
             params.clear()
             tags.clear()
             new_params.clear()
-            self.progress = upto
+            pending[0] = 0
+            self.stored(upto)
 
         keys = self.keys.forward
         for i, entry in enumerate(entries):
             rec = entry.record
             kind = rec.get("k")
+            if kind in ("metrics", "params", "tags"):
+                values = rec["v"]
+                if not isinstance(values, dict):
+                    raise PermanentError(f"a '{kind}' record's values are a {type(values).__name__}, not a mapping")
+                n_m, n_p, n_t = len(metrics), len(params), len(tags)
+                grow = len(values)
+                if (metrics or params or tags) and (
+                    (kind == "metrics" and n_m + grow > MAX_METRICS)
+                    or (kind == "params" and n_p + grow > MAX_PARAMS)
+                    or (kind == "tags" and n_t + grow > MAX_TAGS)
+                    or n_m + n_p + n_t + grow > MAX_ENTITIES
+                    or pending[0] > MAX_BODY_BYTES // 2
+                ):
+                    flush(i)
             if kind == "metrics":
                 ts, step = rec["t"], rec.get("s") or 0
                 for key, value in rec["v"].items():
-                    metrics.append((keys.get(key, key), value, ts, step))
+                    metrics.append((keys.get(key, key), float(value), ts, step))
+                    pending[0] += len(key) + 64
             elif kind == "keymap":
                 for key, stored in rec["v"].items():
                     self.keys.restore(key, stored)
@@ -193,14 +212,31 @@ class MlflowSink(Sink):
                         continue
                     new_params[stored] = text
                     params.append((stored, text))
+                    pending[0] += len(stored) + len(text) + 64
             elif kind == "tags":
                 for key, value in rec["v"].items():
-                    tags.append((keys.get(key, key), str(value)[:MLFLOW_MAX_TAG_VALUE]))
+                    text = str(value)[:MLFLOW_MAX_TAG_VALUE]
+                    tags.append((keys.get(key, key), text))
+                    pending[0] += len(key) + len(text) + 64
             elif kind in ("file", "image", "table", "cm", "model", "register"):
                 flush(i)
                 getattr(self, f"_deliver_{kind}")(rec)
-                self.progress = i + 1
+                self.stored(i + 1)
         flush(len(entries))
+
+    def _send(self, metrics: list, params: list, tags: list) -> None:
+        """One ``log_batch``; a request a proxy or the server finds too large (413) is split in halves."""
+        try:
+            self.api.log_batch(self.run_id, metrics=metrics, params=params, tags=tags)
+        except TooLargeError:
+            items = [(0, m) for m in metrics] + [(1, p) for p in params] + [(2, t) for t in tags]
+            if len(items) <= 1:
+                raise  # one entity too large for something in between: retried later, never final
+            half = len(items) // 2
+            for part in (items[:half], items[half:]):
+                self._send(*([x for k, x in part if k == kind] for kind in (0, 1, 2)))
+            return
+        self.bytes_uploaded += sum(len(x[0]) + len(str(x[1])) for x in (*metrics, *params, *tags))
 
     def _upload(self, rel_path: str, artifact_dir: str | None = None) -> None:
         path = self.ctx.artifact_file(rel_path)
@@ -268,8 +304,8 @@ class MlflowSink(Sink):
         client = self.client
         try:
             self.client_api.call(client.create_registered_model, name)
-        except PermanentError:
-            pass  # already exists
+        except AlreadyExists:
+            pass  # a second run (or a replay) registering the same name: idempotent on every store
         if rec.get("model_uri"):
             source = rec["model_uri"]
         else:
@@ -279,7 +315,11 @@ class MlflowSink(Sink):
         versions = self.client_api.call(client.search_model_versions, f"name='{name}' and run_id='{self.run_id}'")
         version = next((v for v in versions if v.source == source), None)
         if version is None:
-            version = self.client_api.call(client.create_model_version, name, source, run_id=self.run_id, description=rec.get("description"))
+            try:
+                version = self.client_api.call(client.create_model_version, name, source, run_id=self.run_id, description=rec.get("description"))
+            except AlreadyExists:  # created by a request whose answer was lost
+                versions = self.client_api.call(client.search_model_versions, f"name='{name}' and run_id='{self.run_id}'")
+                version = next(v for v in versions if v.source == source)
         for alias in rec.get("aliases") or []:
             self.client_api.call(client.set_registered_model_alias, name, alias, version.version)
 

@@ -13,18 +13,17 @@ import math
 import os
 from typing import Any
 
-from lightning_dualtrack.sinks.base import PermanentError, TransientError
+from lightning_dualtrack.delivery.errors import (
+    AlreadyExists,
+    BlockedError,
+    DeliveryError,
+    RetryAfter,  # noqa: F401 - importable from here, as before
+    TransientError,
+    classify_http,
+    classify_mlflow,
+)
 
-_PERMANENT_CODES = {"INVALID_PARAMETER_VALUE", "BAD_REQUEST", "MALFORMED_REQUEST", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS"}
 _STATUS_NAMES = ("RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED")
-
-
-class RetryAfter(TransientError):
-    """A transient error with the server's requested wait (seconds)."""
-
-    def __init__(self, message: str, retry_after: float) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 def _json_float(value: float) -> Any:
@@ -62,37 +61,30 @@ class RestApi:
         except requests.RequestException as err:
             raise TransientError(f"{endpoint}: {type(err).__name__}: {str(err)[:300]}") from err
         if resp.status_code == 200:
-            return resp.json() if resp.content else {}
-        try:
-            payload = resp.json()
-        except ValueError:
-            payload = {}
-        code = payload.get("error_code", "")
-        message = f"{endpoint}: HTTP {resp.status_code} {code} {str(payload.get('message', resp.text))[:300]}"
-        if resp.status_code in (429, 503) and resp.headers.get("Retry-After"):
+            if not resp.content:
+                return {}
             try:
-                raise RetryAfter(message, float(resp.headers["Retry-After"]))
-            except ValueError:
-                pass
-        if resp.status_code == 429 or resp.status_code >= 500 or resp.status_code in (401, 403, 408):
-            raise TransientError(message)  # 401/403: credentials may be fixed; keep the data pending
-        if code in _PERMANENT_CODES or 400 <= resp.status_code < 500:
-            raise PermanentError(message)
-        raise TransientError(message)
+                payload = resp.json()
+            except ValueError:  # a captive portal's page, a proxy's garbage: the request may not have arrived
+                raise TransientError(f"{endpoint}: HTTP 200 with a body that is not JSON: {resp.text[:120]!r}") from None
+            if not isinstance(payload, dict):
+                raise TransientError(f"{endpoint}: HTTP 200 with an unexpected body: {resp.text[:120]!r}")
+            return payload
+        raise classify_http(resp.status_code, resp.content, resp.headers, endpoint)
 
     # -- the calls -------------------------------------------------------------------------------
     def experiment_id(self, name: str) -> str:
         try:
             exp = self._call("GET", "experiments/get-by-name", params={"experiment_name": name})["experiment"]
             if exp.get("lifecycle_stage") == "deleted":
-                raise PermanentError(f"MLflow experiment {name!r} is deleted; restore it or choose another name")
+                raise _deleted_experiment(name)
             return exp["experiment_id"]
-        except PermanentError as err:
-            if "RESOURCE_DOES_NOT_EXIST" not in str(err):
+        except DeliveryError as err:
+            if err.code != "RESOURCE_DOES_NOT_EXIST":
                 raise
         try:
             return self._call("POST", "experiments/create", {"name": name})["experiment_id"]
-        except PermanentError:  # created concurrently
+        except AlreadyExists:  # created concurrently
             return self._call("GET", "experiments/get-by-name", params={"experiment_name": name})["experiment"]["experiment_id"]
 
     def find_run(self, experiment_id: str, dualtrack_run_id: str) -> str | None:
@@ -126,10 +118,7 @@ class RestApi:
             raise TransientError(f"artifact upload: {type(err).__name__}: {str(err)[:300]}") from err
         if resp.status_code == 200:
             return True
-        message = f"artifact upload {dest}: HTTP {resp.status_code} {resp.text[:300]}"
-        if resp.status_code == 429 or resp.status_code >= 500 or resp.status_code in (401, 403):
-            raise TransientError(message)
-        raise PermanentError(message)
+        raise classify_http(resp.status_code, resp.content, resp.headers, f"artifact upload {dest}")
 
     def create_run(self, experiment_id: str, start_time: int | None, tags: dict[str, str], run_name: str | None) -> str:
         body: dict[str, Any] = {"experiment_id": experiment_id, "tags": [{"key": k, "value": v} for k, v in tags.items()]}
@@ -155,17 +144,17 @@ class RestApi:
         self._call("POST", "runs/log-batch", body)
 
 
-def classify(err: BaseException) -> Exception:
-    """Map an ``MlflowClient`` error to :class:`TransientError` or :class:`PermanentError`."""
-    from mlflow.exceptions import MlflowException, RestException
+def _deleted_experiment(name: str) -> BlockedError:
+    return BlockedError(
+        f"MLflow experiment {name!r} is deleted",
+        action="restore it (`mlflow experiments restore --experiment-id ...`) or choose another experiment name, "
+        "then run `dualtrack sync`",
+    )
 
-    if isinstance(err, (TransientError, PermanentError)):
-        return err
-    if isinstance(err, RestException) and getattr(err, "error_code", None) in _PERMANENT_CODES:
-        return PermanentError(f"{err.error_code}: {err.message}")
-    if isinstance(err, MlflowException):
-        return TransientError(f"{err.error_code}: {str(err.message)[:500]}")
-    return TransientError(f"{type(err).__name__}: {str(err)[:500]}")
+
+def classify(err: BaseException) -> Exception:
+    """Map an ``MlflowClient`` error to its kind (see :mod:`lightning_dualtrack.delivery.errors`)."""
+    return classify_mlflow(err)
 
 
 class ClientApi:
@@ -176,22 +165,22 @@ class ClientApi:
         self.requests = 0
 
     def call(self, fn, *args, **kwargs):
-        """``fn(*args, **kwargs)``, counted, with errors mapped to Transient/Permanent."""
+        """``fn(*args, **kwargs)``, counted, with errors mapped by :func:`classify_mlflow`."""
         self.requests += 1
         try:
             return fn(*args, **kwargs)
         except Exception as err:  # noqa: BLE001
-            raise classify(err) from err
+            raise classify_mlflow(err) from err
 
     def experiment_id(self, name: str) -> str:
         exp = self.call(self.client.get_experiment_by_name, name)
         if exp is not None:
             if exp.lifecycle_stage == "deleted":
-                raise PermanentError(f"MLflow experiment {name!r} is deleted; restore it or choose another name")
+                raise _deleted_experiment(name)
             return exp.experiment_id
         try:
             return self.call(self.client.create_experiment, name)
-        except PermanentError:
+        except AlreadyExists:
             return self.call(self.client.get_experiment_by_name, name).experiment_id
 
     def find_run(self, experiment_id: str, dualtrack_run_id: str) -> str | None:

@@ -21,6 +21,8 @@ STEP_KEY = "trainer/global_step"
 # delivered are not in the run file. On resume, the highest offset in the run files says exactly what
 # W&B holds, and delivery restarts from there (no row lost, none written twice).
 OFFSET_KEY = "_dualtrack_offset"
+# The shipper's own figures: grouped under ``system/`` and hidden from the run's default charts.
+HEALTH_PREFIX = "system/dualtrack/wandb/"
 _MAX_TAG = 64
 
 
@@ -60,6 +62,7 @@ def _unreachable(url: str, timeout: float = 3.0) -> str | None:
 
 class WandbSink(Sink):
     name = "wandb"
+    appends = True  # a resent row is a second row
 
     def __init__(self, ctx: RunContext, init_timeout: float = 30.0) -> None:
         super().__init__(ctx)
@@ -138,6 +141,9 @@ class WandbSink(Sink):
             self.run = wandb.init(settings=self._settings("offline"), **kwargs)
             self.fallback_reason = f"W&B online init failed ({why}); recording offline (upload later with `wandb sync`)"
         self.run.define_metric(STEP_KEY, hidden=False)
+        # internal: no chart, no summary entry (it is only read back on resume, from the run file)
+        self.run.define_metric(OFFSET_KEY, hidden=True, summary="none")
+        self.run.define_metric(f"{HEALTH_PREFIX}*", step_metric=STEP_KEY, hidden=True, summary="none")
         self.run.define_metric("*", step_metric=STEP_KEY, step_sync=True)
         offline_dir = os.path.dirname(self.run.dir) if self.run.dir else None
         return {
@@ -155,10 +161,23 @@ class WandbSink(Sink):
             self.run.config.update(values, allow_val_change=True)
 
     def report_health(self, health: dict[str, float], step: int | None) -> None:
-        self.run.summary.update({f"dualtrack/wandb/{k}": v for k, v in health.items()})
+        self._flush_row()
+        row: dict[str, Any] = {f"{HEALTH_PREFIX}{k}": float(v) for k, v in health.items()}
+        row[STEP_KEY] = step or 0
+        self._log(row)
+
+    def _clean_summary(self) -> None:
+        """The offset and the shipper's own figures are bookkeeping: out of the run's summary."""
+        try:
+            summary = self.run.summary
+            for key in [k for k in summary.keys() if k == OFFSET_KEY or k.startswith(HEALTH_PREFIX)]:
+                del summary[key]
+        except Exception:  # noqa: BLE001 - cosmetic: never fail a close on it
+            pass
 
     def close(self, status: str | None) -> None:
         self._flush_row()
+        self._clean_summary()
         exit_code = STATUS_TO_EXIT.get(status, 1) if status is not None else 1
         self.run.finish(exit_code=exit_code)
         self.run = None
@@ -166,6 +185,7 @@ class WandbSink(Sink):
     def abandon(self) -> None:
         if self.run is not None:
             self._flush_row()
+            self._clean_summary()
             try:
                 self.run.finish(exit_code=1)
             except Exception:  # noqa: BLE001
@@ -197,9 +217,11 @@ class WandbSink(Sink):
             raise TransientError(f"wandb.log failed: {err}") from err
 
     def deliver(self, entries: list[Entry]) -> None:
-        # ``progress`` = how many leading entries are stored, so a retry after a failure resends none
-        # of them (W&B appends a row per call: a resent row would be a duplicate).
+        # ``stored(i)`` after each row handed over: a retry after a failure resends none of them (W&B
+        # appends a row per call: a resent row would be a duplicate). A row is built from this call's
+        # entries only, so a row half-built when a call failed is dropped and rebuilt on the retry.
         self.progress = 0
+        self._row, self._row_step = {}, None
         for i, entry in enumerate(entries):
             rec = entry.record
             kind = rec.get("k")
@@ -208,15 +230,18 @@ class WandbSink(Sink):
                 step = rec.get("s") or 0
                 # a new row for a new step, or for a key already in this row (a second value logged at
                 # the same step would otherwise overwrite the first)
-                if self._row and (step != self._row_step or not self._row.keys().isdisjoint(rec["v"])):
+                values = rec["v"]
+                if not isinstance(values, dict):
+                    raise PermanentError(f"a 'metrics' record's values are a {type(values).__name__}, not a mapping")
+                if self._row and (step != self._row_step or not self._row.keys().isdisjoint(values)):
                     self._flush_row()
-                    self.progress = i
+                    self.stored(i)
                 self._row_step = step
                 self._row_offset = entry.offset
                 self._row.update(rec["v"])
                 continue
             self._flush_row()
-            self.progress = i
+            self.stored(i)
             if kind == "params":
                 self.run.config.update(rec["v"], allow_val_change=True)
                 if rec.get("wandb"):  # a changed param: MLflow gets `key.vN`, W&B the latest under `key`
@@ -225,9 +250,9 @@ class WandbSink(Sink):
                 self._deliver_tags(rec["v"])
             elif kind in ("file", "image", "table", "cm", "model"):
                 getattr(self, f"_deliver_{kind}")(rec)
-            self.progress = i + 1
+            self.stored(i + 1)
         self._flush_row()
-        self.progress = len(entries)
+        self.stored(len(entries))
 
     def _deliver_tags(self, tags: dict[str, str]) -> None:
         meta = {f"dualtrack/{k[len('dualtrack.'):]}": v for k, v in tags.items() if k.startswith("dualtrack.")}
@@ -240,7 +265,7 @@ class WandbSink(Sink):
     def _media_row(self, rec: dict[str, Any], value: Any) -> None:
         self._log({rec["key"]: value, STEP_KEY: rec.get("s") or 0, OFFSET_KEY: self._entry_offset})
 
-    def durable_offset(self) -> int:
+    def durable_offset(self) -> int | None:
         """The journal offset up to which this run's files provably hold every row (0: none)."""
         from lightning_dualtrack.wandb_file import read_runs
 

@@ -65,6 +65,35 @@ FAIL_BEFORE = "fail-before"  # answer an error without forwarding (the server ne
 FAIL_AFTER = "fail-after"  # forward it, drop the answer, answer an error (the server stored it)
 SWALLOW = "swallow"  # forward it, never answer (a black hole after the fact)
 HANG = "hang"  # never forward, never answer
+ANSWER = "answer"  # answer without forwarding: the policy's status is ``(code, body bytes, content type)``
+
+# What something between the client and MLflow answers (none of it is MLflow's word on the request).
+PROXY_404 = (404, b"<html><head><title>404 Not Found</title></head><body>nginx</body></html>", "text/html")
+PROXY_413 = (413, b"<html><head><title>413 Request Entity Too Large</title></head></html>", "text/html")
+PORTAL_200 = (200, b"<!DOCTYPE html><html><body>Please log in to the hotel wifi</body></html>", "text/html")
+GARBAGE_200 = (200, b"\x00\x9f\x92garbage{{", "application/octet-stream")
+
+
+@dataclass
+class Window:
+    """Answer the ``log-batch`` requests numbered ``first``..``last`` (1-based) with ``answers`` in turn."""
+
+    first: int
+    last: int
+    answers: tuple = (PROXY_404, PROXY_413, PORTAL_200, GARBAGE_200)
+    path: str = "runs/log-batch"
+    _count: int = 0
+    injected: Counter = field(default_factory=Counter)
+
+    def __call__(self, method: str, path: str, body: bytes) -> tuple[str, object]:
+        if self.path not in path:
+            return PASS, None
+        self._count += 1
+        if not self.first <= self._count <= self.last:
+            return PASS, None
+        answer = self.answers[(self._count - self.first) % len(self.answers)]
+        self.injected[answer[0], answer[2]] += 1
+        return ANSWER, answer
 
 
 @dataclass
@@ -213,6 +242,14 @@ class FaultProxy:
                     pass
             self._release.wait(120)  # until the proxy closes; the client times out first
             handler.close_connection = True
+            return
+        if action == ANSWER:
+            code, payload, ctype = status
+            handler.send_response(code)
+            handler.send_header("Content-Type", ctype)
+            handler.send_header("Content-Length", str(len(payload)))
+            handler.end_headers()
+            handler.wfile.write(payload)
             return
         if action == FAIL_AFTER:
             try:

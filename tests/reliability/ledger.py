@@ -25,6 +25,8 @@ from tests.helpers import TinyModel
 
 Point = tuple[str, int, Any]
 _FLOAT_MAX = 1.7976931348623157e308
+# the shipper's own health figures: ``system/dualtrack/<sink>/...`` (``dualtrack/...`` before)
+_HEALTH_PREFIXES = ("system/dualtrack/", "dualtrack/")
 _W_INTERNAL = {"_step", "_runtime", "_timestamp", "_dualtrack_offset", "trainer/global_step"}
 
 
@@ -124,7 +126,7 @@ def mlflow_points(tracking_uri: str, run_id: str, keys: Iterable[str] | None = N
 
     client = MlflowClient(tracking_uri)
     if keys is None:
-        keys = [k for k in client.get_run(run_id).data.metrics if not k.startswith("dualtrack/")]
+        keys = [k for k in client.get_run(run_id).data.metrics if not k.startswith(_HEALTH_PREFIXES)]
     out: Counter = Counter()
     for key in keys:
         for m in client.get_metric_history(run_id, key):
@@ -141,7 +143,7 @@ def mlflow_points_db(db_path: Path, run_id: str) -> Counter:
         rows = conn.execute("SELECT key, step, value, is_nan FROM metrics WHERE run_uuid = ?", (run_id,)).fetchall()
     finally:
         conn.close()
-    return Counter((k, s, "nan" if nan else norm(v)) for k, s, v, nan in rows if not k.startswith("dualtrack/"))
+    return Counter((k, s, "nan" if nan else norm(v)) for k, s, v, nan in rows if not k.startswith(_HEALTH_PREFIXES))
 
 
 def to_mlflow_keys(points: Counter, keymap: Mapping[str, str]) -> Counter:
@@ -183,7 +185,7 @@ def wandb_points(run_dir: Path, run_id: str) -> Counter:
     for row in wandb_rows(run_dir, run_id):
         step = row.get("trainer/global_step")
         for key, value in row.items():
-            if key in _W_INTERNAL or key.startswith("dualtrack/") or isinstance(value, (dict, str, list)) or value is None:
+            if key in _W_INTERNAL or key.startswith(_HEALTH_PREFIXES) or isinstance(value, (dict, str, list)) or value is None:
                 continue
             out[(key, step, norm(value))] += 1
     return out
