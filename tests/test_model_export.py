@@ -231,3 +231,67 @@ def test_wandb_keeps_checkpoints_and_the_export_apart_with_one_best(exported_run
     assert "MLmodel" in export_art["paths"] and "data/model.pt2" in export_art["paths"]
     assert all(p.endswith(".ckpt") for a in by_name[checkpoints[0]] for p in a["paths"])
     assert sum("best" in a["aliases"] for a in models) == 1
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_answers_an_image_over_http(exported_run, tmp_path):
+    """``mlflow models serve -m models:/<name>@champion --env-manager local``: a real HTTP request with images."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    import requests
+
+    from lightning_dualtrack.serving import encode_image
+    from lightning_dualtrack.testing import free_port
+
+    port = free_port()
+    # the scoring server is `uvicorn` from the same environment as this Python
+    path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+    env = {**os.environ, "MLFLOW_TRACKING_URI": exported_run["server"].url, "PATH": path}
+    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - closed below
+    mlflow_cli = [sys.executable, "-m", "mlflow"]
+    proc = subprocess.Popen(
+        [*mlflow_cli, "models", "serve", "-m", "models:/clip_har_export_test@champion", "--env-manager", "local",
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=1).status == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
+            time.sleep(0.5)
+        images, labels = _images(15, 1, start=2000)  # one unseen synthetic image per class
+        body = {"dataframe_split": {"columns": ["image"], "data": [[encode_image(im)] for im in images]}}
+        answer = requests.post(f"http://127.0.0.1:{port}/invocations", json=body, timeout=30)
+        assert answer.status_code == 200, answer.text
+        predictions = answer.json()["predictions"]
+        names = exported_run["model"].class_names
+        served = [p["class"] for p in predictions]
+        # the same answer as the trained module on the training eval transform, and mostly the true class
+        from PIL import Image
+
+        x = torch.stack([exported_run["model"].eval_transform(Image.fromarray(im)) for im in images])
+        with torch.no_grad():
+            eager = exported_run["model"].eval()(x).softmax(-1)
+        assert served == [names[i] for i in eager.argmax(-1).tolist()]
+        np.testing.assert_allclose([p["probability"] for p in predictions], eager.max(-1).values.numpy(), atol=1e-5)
+        right = sum(s == names[y] for s, y in zip(served, labels, strict=True))
+        print(f"served classes right for {right}/15 unseen synthetic images")
+        assert right >= 9, served
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
