@@ -295,3 +295,35 @@ def test_mlflow_models_serve_answers_an_image_over_http(exported_run, tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
         log.close()
+
+
+def _readme_python_blocks(section: str) -> list[str]:
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    body = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    return [block.split("```", 1)[0] for block in body.split("```python\n")[1:]]
+
+
+@pytest.mark.slow
+def test_readme_use_the_trained_model_snippets_run(exported_run, monkeypatch, capsys):
+    from PIL import Image
+
+    blocks = _readme_python_blocks("Use the trained model")
+    assert len(blocks) == 3  # pyfunc, .pt2, ONNX Runtime
+    logger = exported_run["logger"]
+    monkeypatch.chdir(logger.run_dir)  # "from the run directory"
+    image = synthetic_image(4, 3000, 15, image_size=64)
+    Image.fromarray(image).save("photo.jpg")
+    names = exported_run["model"].class_names
+    namespace: dict = {}
+    for block in blocks:
+        code = block.replace("http://127.0.0.1:5000", exported_run["server"].url)
+        code = code.replace("clip_har_quickstart", "clip_har_export_test")
+        exec(compile(code, "README.md", "exec"), namespace)
+    printed = capsys.readouterr().out.strip().splitlines()
+    x = exported_run["model"].eval_transform(Image.open("photo.jpg")).unsqueeze(0)
+    with torch.no_grad():
+        expected = names[int(exported_run["model"].eval()(x).argmax())]
+    assert printed[-2:] == [expected, expected]  # the .pt2 and ONNX answers
+    assert expected in printed[0] or expected in "\n".join(printed[:-2])  # the pyfunc's DataFrame
