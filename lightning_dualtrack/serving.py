@@ -8,8 +8,8 @@ What the MLflow model directory holds::
 
     MLmodel              flavors: python_function (this loader, images -> classes) and pytorch (the .pt2 -> logits)
     code/lightning_dualtrack_serving.py
-    data/model.pt2       torch.export ExportedProgram: forward(pixel_values float32 (B, 3, H, W)) -> logits (B, C)
-    data/clip_har.json   class names (the logits' column order), preprocessing, what the output means
+    data/clip_har/model.pt2       torch.export ExportedProgram: forward(pixel_values float32 (B, 3, H, W)) -> logits
+    data/clip_har/clip_har.json   class names (the logits' column order), preprocessing, what the output means
     input_example.json, serving_input_example.json   one image as base64 text (JSON-native: no float64 problem)
 
 Inputs :meth:`ClipHarPredictor.predict` takes, one image each: a file path, a ``data:`` URL or base64 text of an
@@ -221,7 +221,7 @@ class ClipHarPredictor:
 
     @classmethod
     def from_folder(cls, folder: str | Path, **kwargs: Any) -> ClipHarPredictor:
-        """Load ``model.pt2`` and ``clip_har.json`` from ``folder`` (the MLflow model's ``data/``)."""
+        """Load ``model.pt2`` and ``clip_har.json`` from ``folder`` (the MLflow model's ``data/clip_har/``)."""
         import torch
 
         folder = Path(folder)
@@ -260,7 +260,7 @@ class ClipHarPredictor:
 
 
 def _load_pyfunc(data_path: str) -> ClipHarPredictor:
-    """MLflow's pyfunc entry point (``loader_module``): ``data_path`` is the model's ``data/`` folder."""
+    """MLflow's pyfunc entry point (``loader_module``): ``data_path`` is the model's ``data/clip_har/`` folder."""
     return ClipHarPredictor.from_folder(data_path)
 
 
@@ -288,7 +288,7 @@ def save_mlflow_model(
 
     path = Path(path)
     with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / "data"
+        data = Path(tmp) / "clip_har"  # MLflow copies it to data/clip_har/
         data.mkdir()
         shutil.copy2(program_path, data / PROGRAM_FILE)
         (data / CONFIG_FILE).write_text(json.dumps(dict(config), indent=1), encoding="utf-8")

@@ -228,7 +228,7 @@ def test_wandb_keeps_checkpoints_and_the_export_apart_with_one_best(exported_run
     checkpoints = [n for n in by_name if n.startswith("model-")]
     assert len(exports) == 1 and len(checkpoints) == 1, sorted(by_name)
     (export_art,) = by_name[exports[0]]
-    assert "MLmodel" in export_art["paths"] and "data/model.pt2" in export_art["paths"]
+    assert "MLmodel" in export_art["paths"] and "data/clip_har/model.pt2" in export_art["paths"]
     assert all(p.endswith(".ckpt") for a in by_name[checkpoints[0]] for p in a["paths"])
     assert sum("best" in a["aliases"] for a in models) == 1
 
