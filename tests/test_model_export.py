@@ -327,3 +327,50 @@ def test_readme_use_the_trained_model_snippets_run(exported_run, monkeypatch, ca
         expected = names[int(exported_run["model"].eval()(x).argmax())]
     assert printed[-2:] == [expected, expected]  # the .pt2 and ONNX answers
     assert expected in printed[0] or expected in "\n".join(printed[:-2])  # the pyfunc's DataFrame
+
+
+@pytest.mark.slow
+def test_logged_model_delivery_replays_without_duplicates(exported_run):
+    """A resent `model` record (a replay after a lost answer) finds its LoggedModel and registry version again."""
+    import types
+
+    from mlflow import MlflowClient
+
+    from lightning_dualtrack.sinks.mlflow_api import ClientApi
+    from lightning_dualtrack.sinks.mlflow_models import deliver_logged_model
+
+    logger = exported_run["logger"]
+    records = [json.loads(line) for line in (logger.run_dir / "journal.jsonl").read_text().splitlines()]
+    (rec,) = [r for r in records if r.get("k") == "model" and not r.get("checkpoint")]
+    client = MlflowClient(exported_run["server"].url)
+    run = client.get_run(logger.mlflow_run_id)
+    sink = types.SimpleNamespace(
+        client=client, client_api=ClientApi(client), experiment_id=run.info.experiment_id, run_id=run.info.run_id,
+        ctx=types.SimpleNamespace(run_id=logger.run_id, artifact_file=lambda rel: logger.run_dir / rel),
+        bytes_uploaded=0,
+    )
+    before = client.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'")
+    model_id = deliver_logged_model(sink, rec)
+    after = client.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'")
+    assert [m.model_id for m in after] == [m.model_id for m in before] == [model_id]
+    assert sink.bytes_uploaded == 0  # READY already: nothing uploaded again
+    assert len(client.search_model_versions("name='clip_har_export_test'")) == 1
+
+
+def test_save_pytorch_model_saves_a_plain_module_as_pt2_without_pickle(tmp_path, caplog):
+    import logging
+
+    import mlflow.pytorch
+
+    from lightning_dualtrack.sinks.mlflow import save_pytorch_model
+
+    model = _tiny()
+    x = torch.randn(1, 3, 64, 64, dtype=torch.float64)  # one row, float64: what a user may well pass
+    with caplog.at_level(logging.WARNING):
+        save_pytorch_model(model, tmp_path / "m", signature="infer", input_example=x)
+    assert not [r for r in caplog.records if "pickle" in r.getMessage().lower()]
+    assert (tmp_path / "m" / "data" / "model.pt2").is_file() and not list((tmp_path / "m").rglob("*.pth"))
+    loaded = mlflow.pytorch.load_model(str(tmp_path / "m"))
+    batch = torch.randn(5, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(batch), model(batch), atol=1e-4, rtol=0)
