@@ -279,12 +279,11 @@ def save_mlflow_model(
     a ``torch.export`` archive and the loader is code.
     """
     import mlflow.pyfunc
+    import pandas as pd
     import torch
     from mlflow.models import Model
     from mlflow.models.signature import ModelSignature
     from mlflow.types.schema import AnyType, Array, ColSpec, DataType, Schema
-
-    import pandas as pd
 
     path = Path(path)
     with tempfile.TemporaryDirectory() as tmp:

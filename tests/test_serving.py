@@ -15,7 +15,13 @@ from PIL import Image
 
 from lightning_dualtrack.callbacks.export import export_program
 from lightning_dualtrack.har import ClipHarModule
-from lightning_dualtrack.serving import ClipHarPredictor, ServingModel, build_preprocess, encode_image, make_config
+from lightning_dualtrack.serving import (
+    ClipHarPredictor,
+    ServingModel,
+    build_preprocess,
+    encode_image,
+    make_config,
+)
 
 
 @pytest.fixture(scope="module")
