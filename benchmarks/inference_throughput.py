@@ -6,7 +6,9 @@ The model is a ``ClipHarModule`` (``forward(pixel_values) -> logits``) from a Li
 One invocation measures, side by side:
 
 - runtimes: ``eager``, ``eager_channels_last``, ``compile`` (``torch.compile``, ``dynamic=False``: one
-  graph per batch size), ``torchscript`` and ``onnxruntime`` (the package's own ``export_torchscript`` /
+  graph per batch size), ``pt2`` (``torch.export``'s ``ExportedProgram`` loaded back with ``torch.export.load``, what
+  ``ModelExport`` writes), ``aoti`` (that program compiled ahead of time by AOTInductor, within ``--compile-timeout``),
+  ``torchscript`` and ``onnxruntime`` (the package's own ``export_program`` / ``export_torchscript`` /
   ``export_onnx``; ONNX Runtime's CPU EP on CPU, its CUDA EP on a GPU when ``onnxruntime-gpu`` is
   installed), ``tensorrt`` (ONNX Runtime's TensorRT EP, when installed and on a GPU);
 - precisions ``fp32``, ``bf16``, ``fp16`` where the device has them (weights and inputs cast; on CPU
@@ -72,7 +74,7 @@ from typing import Any
 
 import numpy as np
 
-RUNTIMES = ("eager", "eager_channels_last", "compile", "torchscript", "onnxruntime", "tensorrt")
+RUNTIMES = ("eager", "eager_channels_last", "compile", "pt2", "aoti", "torchscript", "onnxruntime", "tensorrt")
 PRECISIONS = ("fp32", "bf16", "fp16")
 MODES = ("model", "e2e")
 MODEL_NAMES = ("dualtrack-tiny", "ViT-B-16")
@@ -81,7 +83,8 @@ FP32_ATOL = 1e-4  # parity target for fp32 runtimes against eager fp32 (issue 5)
 GPU_TARGET_IMAGES_PER_S = 10_000  # ViT-B-16, bf16, model-only, H100 (issue 5)
 QUICK_SKIPS = {
     "compile": "--quick skips torch.compile (compilation takes minutes on 2 CPU cores)",
-    "eager_channels_last": "--quick measures eager, TorchScript and ONNX Runtime only",
+    "eager_channels_last": "--quick measures eager, .pt2, TorchScript and ONNX Runtime only",
+    "aoti": "--quick skips AOTInductor (a C++ compile of the whole model: a minute or more on 2 CPU cores)",
 }
 QUICK = {
     "model": "dualtrack-tiny",
@@ -165,8 +168,8 @@ def load_model(
 
 
 def _load_mlflow_model(uri: str, tracking_uri: str | None, model_name: str | None) -> LoadedModel:
-    """A registered model: a pickled ``ClipHarModule`` is used as is; a TorchScript export (what
-    ``ModelExport`` registers) has its weights loaded into a fresh ``ClipHarModule`` of the same
+    """A registered model: a pickled ``ClipHarModule`` is used as is; a ``torch.export`` program (the pytorch
+    flavor of what ``ModelExport`` registers) or a TorchScript export has its weights loaded into a fresh ``ClipHarModule`` of the same
     architecture, so that every runtime starts from the same eager module. The architecture comes from
     the source run's ``model_name`` param, else ``--model``."""
     import mlflow
@@ -207,7 +210,11 @@ def _load_mlflow_model(uri: str, tracking_uri: str | None, model_name: str | Non
     size = module.preprocess_cfg["size"]
     x = torch.randn(2, 3, *((size, size) if isinstance(size, int) else size), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
-        diff = float((obj.eval()(x).float() - module.eval()(x).float()).abs().max())
+        try:
+            obj.eval()
+        except NotImplementedError:  # torch.export's module (the pt2 flavor) is always in inference form
+            pass
+        diff = float((obj(x).float() - module.eval()(x).float()).abs().max())
     if not diff <= FP32_ATOL:
         raise ValueError(f"The rebuilt {name!r} module differs from the MLflow model {uri} by {diff:.3g} (> {FP32_ATOL:g})")
     return LoadedModel(module, f"MLflow model {uri} ({type(obj).__name__} weights in a {name} ClipHarModule,"
@@ -417,7 +424,7 @@ def prepare(runtime: str, precision: str, module: Any, device: Any, example: Any
     """Build ``runtime`` at ``precision`` from the fp32 CPU ``module``; ``example`` is a small host fp32 batch."""
     import torch
 
-    from lightning_dualtrack.callbacks.export import export_onnx, export_torchscript
+    from lightning_dualtrack.callbacks.export import export_onnx, export_program, export_torchscript
 
     if runtime in ("eager", "eager_channels_last"):
         channels_last = runtime == "eager_channels_last"
@@ -438,6 +445,25 @@ def prepare(runtime: str, precision: str, module: Any, device: Any, example: Any
             notes["compile_s"][int(x.shape[0])] = round(time.perf_counter() - t0, 2)
 
         return Prepared(compiled, _torch_to_input(device, precision), notes, warm_batch)
+    if runtime in ("pt2", "aoti"):
+        model = _cast(module, device, precision)
+        to_input = _torch_to_input(device, precision)
+        t0 = time.perf_counter()
+        program, diff = export_program(model, to_input(example), workdir / f"model_{precision}.pt2")
+        notes = {"export_max_abs_diff": diff, "export_s": round(time.perf_counter() - t0, 2)}
+        if runtime == "pt2":
+            notes["how"] = "torch.export.export (dynamic batch) -> torch.export.load(path).module()"
+            return Prepared(program.module(), to_input, notes)
+        t0 = time.perf_counter()
+        try:
+            with time_limit(args.compile_timeout):
+                package = torch._inductor.aoti_compile_and_package(
+                    program, package_path=str(workdir / f"model_{precision}_aoti.pt2"))
+        except _TimeLimit as err:
+            raise Skip(f"AOTInductor compile took {err} (--compile-timeout)") from None
+        notes.update(how="torch._inductor.aoti_compile_and_package -> aoti_load_package",
+                     compile_s=round(time.perf_counter() - t0, 2))
+        return Prepared(torch._inductor.aoti_load_package(package), to_input, notes)
     if runtime == "torchscript":
         model = _cast(module, device, precision)
         x = _torch_to_input(device, precision)(example)
@@ -945,7 +971,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-log", action="store_true", help="do not log a DualTrackLogger run")
     p.add_argument("--experiment-name", default="inference_throughput")
     p.add_argument("--quick", action="store_true",
-                   help="smoke run: dualtrack-tiny, batch 1,8, eager/torchscript/onnxruntime fp32 + eager bf16, few repeats")
+                   help="smoke run: dualtrack-tiny, batch 1,8, eager/pt2/torchscript/onnxruntime fp32 + eager bf16, few repeats")
     args = p.parse_args(argv)
     if args.quick:
         explicit = {a.split("=")[0] for a in (argv if argv is not None else sys.argv[1:]) if a.startswith("--")}

@@ -16,13 +16,26 @@ from lightning_dualtrack._imports import _HF_HUB_AVAILABLE
 from lightning_dualtrack.redact import redact_mapping
 
 
+def _json_safe(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def _hub_config(model: Any, extra: Mapping[str, Any] | None) -> dict[str, Any]:
-    config: dict[str, Any] = {"architecture": type(model).__name__}
+    config: dict[str, Any] = {"architecture": type(model).__name__, "library_name": "lightning_dualtrack"}
     hparams = getattr(model, "hparams", None)
     if hparams:
         from lightning_dualtrack.normalize import flatten_params
 
         config["hparams"] = redact_mapping(flatten_params(dict(hparams)))
+        # the constructor's arguments as given, for ``from_pretrained`` (weights come from model.safetensors)
+        init_args = redact_mapping({k: v for k, v in dict(hparams).items() if _json_safe(v)})
+        if "pretrained" in init_args:
+            init_args["pretrained"] = None
+        config["init_args"] = init_args
     names = getattr(model, "class_names", None)
     if names:
         config["class_names"] = list(names)
@@ -53,14 +66,31 @@ def _model_card(repo_id: str, config: Mapping[str, Any], metrics: Mapping[str, f
         lines += ["## Metrics", "", "| metric | value |", "| --- | --- |"]
         lines += [f"| {k} | {v:.4g} |" for k, v in sorted(metrics.items())]
         lines.append("")
-    lines += [
-        "## Use",
-        "",
-        "```python",
-        "from safetensors.torch import load_file",
-        "state_dict = load_file('model.safetensors')  # load into the architecture named in config.json",
-        "```",
-    ]
+    lines += ["## Use", ""]
+    if config.get("architecture") == "ClipHarModule":
+        lines += [
+            "```python",
+            "import torch",
+            "from PIL import Image",
+            "from lightning_dualtrack.har import ClipHarModule  # pip install lightning-dualtrack",
+            "",
+            f'model = ClipHarModule.from_pretrained("{repo_id}").eval()',
+            'pixel_values = model.preprocess(Image.open("photo.jpg")).unsqueeze(0)  # resize, crop, CLIP mean/std',
+            "with torch.no_grad():",
+            "    probs = model(pixel_values).softmax(dim=-1)  # the model returns logits",
+            "print(model.class_names[int(probs.argmax())], float(probs.max()))",
+            "```",
+            "",
+            "`forward(pixel_values)` returns logits, one column per class in `class_names` order (also `id2label` in"
+            " `config.json`).",
+        ]
+    else:
+        lines += [
+            "```python",
+            "from safetensors.torch import load_file",
+            "state_dict = load_file('model.safetensors')  # load into the architecture named in config.json",
+            "```",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -92,3 +122,27 @@ def push_to_hub(model: Any, repo_id: str, folder: str | Path, commit_message: st
     api.create_repo(repo_id, private=private, exist_ok=True)
     info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message)
     return str(getattr(info, "commit_url", info))
+
+
+HUB_FILES = ("config.json", "model.safetensors")
+
+
+def resolve_pretrained(repo_id_or_folder: str | Path, *, revision: str | None = None, cache_dir: str | Path | None = None,
+                       token: str | bool | None = None, local_files_only: bool = False, api: Any = None) -> Path:
+    """A local folder holding ``config.json`` and ``model.safetensors``: ``repo_id_or_folder`` itself when it is
+    such a folder, else a snapshot of that Hub repo (``HfApi.snapshot_download``, only those two files)."""
+    folder = Path(repo_id_or_folder).expanduser()
+    if folder.is_dir():
+        missing = [name for name in HUB_FILES if not (folder / name).is_file()]
+        if missing:
+            raise FileNotFoundError(f"Expected {', '.join(HUB_FILES)} in the folder {folder}, but {missing} are missing")
+        return folder
+    if api is None:
+        if not _HF_HUB_AVAILABLE:
+            raise ModuleNotFoundError(f"{_HF_HUB_AVAILABLE}. Install it with `pip install lightning-dualtrack[hub]`")
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+    path = api.snapshot_download(repo_id=str(repo_id_or_folder), revision=revision, cache_dir=cache_dir,
+                                 local_files_only=local_files_only, allow_patterns=list(HUB_FILES))
+    return Path(path)

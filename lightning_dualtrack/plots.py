@@ -250,15 +250,27 @@ def confusion_matrix_figure(
     return fig
 
 
+#: above this many classes, the per-class chart is a heat table (one row per class) instead of grouped bars
+BAR_MAX_CLASSES = 40
+
+
+def _class_label(row: Mapping[str, Any], index: int) -> str:
+    support = row.get("support")
+    mark = "*" if row.get("absent") else ""
+    return f"{row.get('class', index)}{mark}" + (f" (n={support})" if support is not None else "")
+
+
 def per_class_bar_figure(
     rows: Sequence[Mapping[str, Any]],
     metric_names: Sequence[str] = ("precision", "recall", "f1"),
     title: str = "Per-class metrics",
 ) -> Figure:
-    """Grouped bars of per-class metrics (the rows of :func:`per_class_metrics`).
+    """Per-class metrics (the rows of :func:`per_class_metrics`) as a chart a person can read at 15 or 100 classes.
 
-    Classes flagged ``absent`` are marked ``*`` in their label. Above ``TICK_LABEL_MAX_CLASSES``
-    classes the x axis shows class indices and each metric is a step line instead of bars.
+    Up to ``BAR_MAX_CLASSES`` classes: grouped bars, one group per class labelled ``name (n=support)``, the
+    legend above the axes (clear of the bars). Up to ``TICK_LABEL_MAX_CLASSES``: a heat table, one row per class
+    (``name (n=support)``), one column per metric, the value printed in each cell. Beyond: a step line per metric
+    over class indices. Classes flagged ``absent`` are marked ``*``.
 
     Example:
         >>> rows = per_class_metrics([[3, 1], [0, 2]], ["cat", "dog"])
@@ -268,38 +280,48 @@ def per_class_bar_figure(
     if not metric_names:
         raise ValueError("Expected argument `metric_names` to name at least one metric, but got none")
     num_classes = len(rows)
+    labels = [_class_label(row, i) for i, row in enumerate(rows)]
+    values = np.array([[float(row.get(m, 0.0)) for m in metric_names] for row in rows]).reshape(num_classes, -1)
+    if BAR_MAX_CLASSES < num_classes <= TICK_LABEL_MAX_CLASSES:
+        height = 0.22 * num_classes + 1.6
+        fig = Figure(figsize=(2.2 + 1.3 * len(metric_names) + 0.06 * max(map(len, labels)), height), dpi=100,
+                     layout="constrained")
+        ax = fig.add_subplot()
+        image = ax.imshow(values, aspect="auto", cmap="RdYlGn", vmin=0.0, vmax=1.0, interpolation="nearest")
+        for i in range(num_classes):
+            for k in range(len(metric_names)):
+                ax.text(k, i, f"{values[i, k]:.2f}", ha="center", va="center", fontsize=7)
+        ax.set_yticks(np.arange(num_classes), labels=labels, fontsize=7)
+        ax.set_xticks(np.arange(len(metric_names)), labels=list(metric_names))
+        ax.xaxis.tick_top()
+        ax.set_ylabel("class (n = true samples)")
+        ax.set_title(title)
+        fig.colorbar(image, ax=ax, shrink=0.3, label="score", location="bottom")
+        return fig
     width = float(min(max(0.45 * num_classes * max(len(metric_names), 1) / 3 + 3.0, 6.0), 24.0))
-    fig = Figure(figsize=(width, 4.5), dpi=100, layout="constrained")
+    fig = Figure(figsize=(width, 5.0), dpi=100, layout="constrained")
     ax = fig.add_subplot()
     positions = np.arange(num_classes)
     bar_width = 0.8 / len(metric_names)
     for k, metric in enumerate(metric_names):
-        heights = [float(row.get(metric, 0.0)) for row in rows]
-        if num_classes <= TICK_LABEL_MAX_CLASSES:
-            ax.bar(
-                positions + (k - (len(metric_names) - 1) / 2) * bar_width, heights, bar_width, label=metric
-            )
+        if num_classes <= BAR_MAX_CLASSES:
+            ax.bar(positions + (k - (len(metric_names) - 1) / 2) * bar_width, values[:, k], bar_width, label=metric)
         else:  # thousands of bars are slow to draw and unreadable: a step line per metric
-            ax.plot(positions, heights, drawstyle="steps-mid", linewidth=0.7, label=metric)
-    ax.set_ylim(0.0, 1.05)
+            ax.plot(positions, values[:, k], drawstyle="steps-mid", linewidth=0.7, label=metric)
+    ax.set_ylim(0.0, 1.0)
     ax.set_ylabel("score")
-    ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
-    if num_classes <= TICK_LABEL_MAX_CLASSES:
-        labels = [f"{row.get('class', i)}{'*' if row.get('absent') else ''}" for i, row in enumerate(rows)]
-        ax.set_xticks(
-            positions,
-            labels=labels,
-            rotation=45,
-            ha="right",
-            rotation_mode="anchor",
-            fontsize=_label_fontsize(num_classes),
-        )
+    if num_classes <= BAR_MAX_CLASSES:
+        ax.set_xticks(positions, labels=labels, rotation=45, ha="right", rotation_mode="anchor",
+                      fontsize=_label_fontsize(num_classes))
+        ax.set_xlim(-0.6, num_classes - 0.4)
     else:
         ax.set_xlabel("class (index)")
-    ax.legend(loc="upper right", fontsize="small", ncols=len(metric_names))
+    # above the axes, right-aligned, under the title: never over a bar
+    ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), fontsize="small", ncols=len(metric_names), frameon=False)
+    ax.set_title(title, loc="left")
     if any(row.get("absent") for row in rows):
-        ax.text(0.0, 1.01, "* no true samples", transform=ax.transAxes, fontsize="small", va="bottom")
+        ax.text(0.0, -0.02, "* no true samples", transform=ax.transAxes, fontsize="small", va="top", ha="right")
     return fig
 
 
@@ -310,12 +332,21 @@ def _split_stage(key: str) -> tuple[str, str]:
     return "", key
 
 
+def _is_lr(name: str) -> bool:
+    return name.startswith("lr-") or name == "lr" or name.endswith("/lr") or name.startswith("lr/")
+
+
 def learning_curve_figure(
     history: Mapping[str, Sequence[tuple[float, float]]],
     xlabel: str = "step",
     title: str = "Learning curves",
 ) -> Figure:
     """One panel per metric, one line per stage: ``train/loss`` and ``val/loss`` share the panel ``loss``.
+
+    Nothing is drawn twice: Lightning's ``<key>_epoch`` twin of a metric logged on step and epoch joins ``<key>``
+    (the epoch value wins), learning rates (``lr-<Optimizer>/<group>``, LearningRateMonitor's keys) share one
+    panel in which groups with identical schedules are one line, and panels with identical series are drawn once
+    (titled with all their names). Each panel's y axis is labelled with its metric.
 
     Args:
         history: metric key -> ``[(x, value), ...]``; a key's stage is a leading ``train``/``val``/
@@ -329,14 +360,37 @@ def learning_curve_figure(
         ['loss']
     """
     panels: dict[str, dict[str, list[tuple[float, float]]]] = {}
-    for key, series in history.items():
-        points = [(float(x), float(y)) for x, y in series if math.isfinite(float(y))]
+    lr_lines: dict[str, list[tuple[float, float]]] = {}
+    for key in sorted(history, key=lambda k: k.endswith("_epoch")):  # `_epoch` twins last: they win
+        points = sorted((float(x), float(y)) for x, y in history[key] if math.isfinite(float(y)))
         if not points:
             continue
-        stage, base = _split_stage(key)
-        panels.setdefault(base, {})[stage or key] = sorted(points)
-    # losses first: they are what one looks at first
-    order = sorted(panels, key=lambda name: (0 if "loss" in name else 1, name))
+        name = key[: -len("_epoch")] if key.endswith("_epoch") else key
+        if _is_lr(name):
+            lr_lines[name] = points
+            continue
+        stage, base = _split_stage(name)
+        panels.setdefault(base, {})[stage or name] = points
+    if lr_lines:
+        merged: dict[tuple, list[str]] = {}
+        for name, points in sorted(lr_lines.items()):
+            merged.setdefault(tuple(points), []).append(name)
+        panels["learning rate"] = {
+            _common_label(names): list(points) for points, names in merged.items()
+        }
+    # identical panels (same stages, same points) once, under all their names
+    unique: dict[tuple, str] = {}
+    for name in sorted(panels):
+        signature = tuple(sorted((label, tuple(points)) for label, points in panels[name].items()))
+        if signature in unique:
+            first = unique[signature]
+            panels[f"{first}, {name}"] = panels.pop(first)
+            unique[signature] = f"{first}, {name}"
+            del panels[name]
+        else:
+            unique[signature] = name
+    # losses first: they are what one looks at first; the learning rate last
+    order = sorted(panels, key=lambda name: (0 if "loss" in name else 2 if name == "learning rate" else 1, name))
     count = max(len(order), 1)
     ncols = min(3, count)
     nrows = math.ceil(count / ncols)
@@ -367,6 +421,16 @@ def learning_curve_figure(
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(name)
         ax.set_xlabel(xlabel)
+        ax.set_ylabel(name if len(name) <= 30 else name[:27] + "...")
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     return fig
+
+
+def _common_label(names: Sequence[str]) -> str:
+    """``lr-AdamW/head`` and ``lr-AdamW/logit_scale`` -> ``lr-AdamW: head, logit_scale``."""
+    prefixes = {n.rsplit("/", 1)[0] for n in names if "/" in n}
+    if len(prefixes) == 1 and all("/" in n for n in names):
+        (prefix,) = prefixes
+        return f"{prefix}: " + ", ".join(n.rsplit("/", 1)[1] for n in names)
+    return ", ".join(names)

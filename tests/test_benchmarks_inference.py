@@ -75,24 +75,25 @@ def test_quick_run_writes_results_with_fp32_parity_and_logs_the_run(tmp_path: Pa
     expected = {
         (mode, runtime, precision, batch)
         for mode in ("model", "e2e")
-        for runtime, precision in (("eager", "fp32"), ("eager", "bf16"), ("torchscript", "fp32"), ("onnxruntime", "fp32"))
+        for runtime, precision in (("eager", "fp32"), ("eager", "bf16"), ("pt2", "fp32"), ("torchscript", "fp32"),
+                                   ("onnxruntime", "fp32"))
         for batch in (1, 8)
     }
     assert measured == expected
     for r in rows:
         assert r["images_per_s"] > 0 and r["latency_p95_ms"] >= r["latency_p50_ms"] > 0
         assert r["flops_per_image"] > 0 and r["mfu"] is None  # no peak FLOP/s is known for a CPU
-        if r["runtime"] in ("torchscript", "onnxruntime"):
+        if r["runtime"] in ("pt2", "torchscript", "onnxruntime"):
             assert r["max_abs_diff"] <= 1e-4, r
             assert r["parity_ok"] is True
     assert report["parity"]["fp32_ok"] is True
 
     skipped = {(s["runtime"], s["precision"]): s["reason"] for s in report["skipped"]}
-    assert "--quick" in skipped[("compile", "fp32")]
+    assert "--quick" in skipped[("compile", "fp32")] and "AOTInductor" in skipped[("aoti", "fp32")]
     assert ("tensorrt", "fp32") in skipped and skipped[("tensorrt", "fp32")]
     assert report["model"]["weights"].startswith("random init")
     assert report["environment"]["versions"]["torch"]
-    assert "| onnxruntime | fp32 |" in proc.stdout and "not measured:" in proc.stdout
+    assert "| onnxruntime | fp32 |" in proc.stdout and "| pt2 | fp32 |" in proc.stdout and "not measured:" in proc.stdout
 
     # the DualTrackLogger run: the table, the plot and the environment are in MLflow (sqlite in --out)
     from mlflow.tracking import MlflowClient

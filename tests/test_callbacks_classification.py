@@ -391,3 +391,47 @@ def test_figures_policy(figures, expected_steps):
     assert [c["step"] for c in tables if c["key"] == "val/predictions"] == expected_steps
     assert [c["step"] for c in tables if c["key"] == "val/per_class"] == [2, 4]  # every report
     assert len(logger.calls_named("log_confusion_matrix")) == 2  # the logger's own matrix: every report
+
+
+@pytest.fixture(scope="module")
+def fit_then_test(tmp_path_factory):
+    """3 epochs of fit with a best checkpoint, then `test(ckpt_path="best")`: what the quickstart does."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    root = tmp_path_factory.mktemp("fit_then_test")
+    model = TinyClassifier(num_classes=4, class_names=NAMES, n_val=48)
+    rich = RecordingLogger()
+    checkpoint = ModelCheckpoint(dirpath=root, monitor="val/acc", mode="max", save_top_k=1)
+    trainer = _trainer([rich], [ClassificationReport(num_examples=0), checkpoint], max_epochs=3,
+                       enable_checkpointing=True, default_root_dir=root)
+    trainer.fit(model)
+    trainer.test(model, ckpt_path="best", verbose=False)
+    return types.SimpleNamespace(rich=rich, best=checkpoint.best_model_path, trainer=trainer)
+
+
+def test_per_class_series_for_validation_only_test_values_as_a_table(fit_then_test):
+    rich = fit_then_test.rich
+    logged = rich.all_metrics()
+    assert len(rich.metric_values(f"val/f1/{NAMES[0]}")) == 3  # one point per epoch: a chart worth having
+    assert not [k for k in logged if k.startswith(("test/f1/", "test/precision/", "test/recall/"))]
+    assert "test/acc" in logged and "test/f1_macro" in logged  # the summary stays scalar
+    (table,) = [c for c in rich.calls_named("log_table") if c["key"] == "test/per_class"]
+    assert [row[0] for row in table["rows"]] == NAMES and table["columns"] == list(PER_CLASS_COLUMNS)
+    charts = [c["name"] for c in rich.calls_named("log_figure")]
+    assert charts.count("test/per_class") == 1 and charts.count("val/per_class") == 1  # one chart per split
+
+
+def test_test_report_is_labelled_with_the_checkpoint_it_evaluates(fit_then_test):
+    import re
+
+    rich, best = fit_then_test.rich, fit_then_test.best
+    epoch, step = (int(v) for v in re.search(r"epoch=(\d+)-step=(\d+)", best).groups())
+    ckpt = torch.load(best, weights_only=False)
+    assert (ckpt["epoch"], ckpt["global_step"]) == (epoch, step)
+    (cm,) = [c for c in rich.calls_named("log_confusion_matrix") if c["key"] == "test/confusion_matrix"]
+    assert f"epoch {epoch}, step {step}" in cm["title"]
+    names = [c["name"] for c in rich.calls_named("log_dict")]
+    assert f"classification_report/test_epoch{epoch:03d}_step{step:07d}.json" in names
+    # validation reports are named for the epoch and step they were made at, zero-padded so that they sort
+    val_names = sorted(n for n in names if n.startswith("classification_report/val_"))
+    assert val_names == [f"classification_report/val_epoch{e:03d}_step{s:07d}.json" for e, s in ((0, 4), (1, 8), (2, 12))]

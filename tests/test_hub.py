@@ -42,3 +42,84 @@ def test_failed_upload_is_a_warning_not_a_crash(tmp_path, fake_api) -> None:
     logger = DualTrackLogger(save_dir=tmp_path / "runs", mlflow=False, wandb=False, start_shipper=False, log_system_info=False)
     with pytest.warns(UserWarning, match="no network"):
         assert logger.push_to_hub(ClipHarModule("dualtrack-tiny"), "me/har", api=fake_api) is None
+
+
+def _card_snippet(folder) -> str:
+    card = (folder / "README.md").read_text()
+    return card.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.fixture
+def trained_folder(tmp_path):
+    """A ClipHarModule whose weights differ from a fresh one's, pushed (to a fake Hub): the folder it wrote."""
+    import torch
+
+    torch.manual_seed(1)
+    model = ClipHarModule("dualtrack-tiny", class_names=["walking", "sitting", "waving"], lr=0.01).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    model._preprocess_cfg["mean"] = [0.5, 0.5, 0.5]  # non-default preprocessing must come back too
+    api = create_autospec(HfApi, instance=True)
+    from lightning_dualtrack.hub import push_to_hub
+
+    folder = tmp_path / "hub"
+    push_to_hub(model, "me/har", folder, api=api)
+    return model, folder
+
+
+def _same_logits(a: ClipHarModule, b: ClipHarModule) -> None:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 100, 3), dtype=np.uint8))
+    xa, xb = a.preprocess(image).unsqueeze(0), b.preprocess(image).unsqueeze(0)
+    torch.testing.assert_close(xa, xb, rtol=0, atol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(a(xa), b(xb), rtol=0, atol=0)
+
+
+def test_from_pretrained_local_folder_gives_the_same_model(trained_folder) -> None:
+    model, folder = trained_folder
+    loaded = ClipHarModule.from_pretrained(folder).eval()
+    assert loaded.class_names == ["walking", "sitting", "waving"]
+    assert loaded.preprocess_cfg["mean"] == [0.5, 0.5, 0.5] and loaded.hparams.lr == 0.01
+    _same_logits(model, loaded)
+
+
+def test_from_pretrained_repo_id_downloads_only_weights_and_config(trained_folder) -> None:
+    model, folder = trained_folder
+    api = create_autospec(HfApi, instance=True)
+    api.snapshot_download.return_value = str(folder)
+    loaded = ClipHarModule.from_pretrained("me/har", revision="main", api=api).eval()
+    api.snapshot_download.assert_called_once()
+    kwargs = api.snapshot_download.call_args.kwargs
+    assert kwargs["repo_id"] == "me/har" and kwargs["revision"] == "main"
+    assert set(kwargs["allow_patterns"]) == {"config.json", "model.safetensors"}
+    _same_logits(model, loaded)
+
+
+def test_model_card_snippet_runs_as_written(trained_folder, tmp_path, monkeypatch) -> None:
+    import huggingface_hub
+    import numpy as np
+    from PIL import Image
+
+    model, folder = trained_folder
+    api = create_autospec(HfApi, instance=True)
+    api.snapshot_download.return_value = str(folder)
+    monkeypatch.setattr(huggingface_hub, "HfApi", lambda *a, **k: api)  # the Hub, served from the folder
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(np.full((90, 70, 3), 200, dtype=np.uint8)).save("photo.jpg")
+    snippet = _card_snippet(folder)
+    assert 'ClipHarModule.from_pretrained("me/har")' in snippet
+    printed: list = []
+    exec(compile(snippet, "README.md", "exec"), {"print": lambda *a: printed.append(a)})
+    (name, prob), = printed
+    assert name in model.class_names and 0 < prob <= 1
+
+
+def test_from_pretrained_names_what_is_missing(tmp_path) -> None:
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        ClipHarModule.from_pretrained(tmp_path)

@@ -185,7 +185,44 @@ def test_per_class_bar_figure_heights_and_absent_marker():
     fig = per_class_bar_figure(rows, metric_names=("f1",))
     ax = fig.axes[0]
     np.testing.assert_allclose([p.get_height() for p in ax.patches], [row["f1"] for row in rows])
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["cat", "dog", "bird*"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["cat (n=4)", "dog (n=6)", "bird* (n=0)"]
+    assert ax.get_ylabel() == "score"
+    assert _png_bytes(fig)
+
+
+def _legend_clear_of_bars(fig) -> bool:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    ax = fig.axes[0]
+    legend = ax.get_legend().get_window_extent(renderer)
+    return all(not legend.overlaps(bar.get_window_extent(renderer)) for bar in ax.patches if bar.get_height() > 0)
+
+
+def test_per_class_bar_figure_for_15_classes_keeps_the_legend_off_the_bars():
+    matrix = np.diag(np.arange(10, 25))  # every class perfect: bars reach the top, where a legend would sit
+    rows = per_class_metrics(matrix, HAR_CLASSES)
+    fig = per_class_bar_figure(rows, title="val per-class metrics (epoch 9, step 270)")
+    assert len(fig.axes[0].patches) == 45
+    assert _legend_clear_of_bars(fig)
+    assert fig.axes[0].get_xticklabels()[-1].get_text() == "using_laptop (n=24)"
+    assert _png_bytes(fig)
+
+
+def test_per_class_figure_for_100_classes_is_a_heat_table_with_values_and_support():
+    rng = np.random.default_rng(0)
+    matrix = rng.integers(0, 3, (100, 100)) + np.diag(rng.integers(5, 30, 100))
+    rows = per_class_metrics(matrix, [f"class_{i:03d}" for i in range(100)])
+    fig = per_class_bar_figure(rows)
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert len(labels) == 100 and labels[7] == f"class_007 (n={rows[7]['support']})"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["precision", "recall", "f1"]
+    cell_texts = [t.get_text() for t in ax.texts]
+    assert len(cell_texts) == 300 and cell_texts[2] == f"{rows[0]['f1']:.2f}"
+    assert ax.get_ylabel().startswith("class")
     assert _png_bytes(fig)
 
 
@@ -205,7 +242,7 @@ def test_learning_curve_figure_groups_stages_into_panels():
     }
     fig = learning_curve_figure(history, xlabel="epoch")
     titles = [ax.get_title() for ax in fig.axes]
-    assert titles == ["loss", "acc", "lr"]
+    assert titles == ["loss", "acc", "learning rate"]
     loss_ax = fig.axes[0]
     lines = {line.get_label(): line for line in loss_ax.lines}
     assert set(lines) == {"train", "val"}
@@ -213,6 +250,29 @@ def test_learning_curve_figure_groups_stages_into_panels():
     np.testing.assert_allclose(lines["val"].get_ydata(), [2.2, 0.9])
     assert list(fig.axes[2].lines[0].get_ydata()) == [0.1, 0.01]  # NaN dropped
     assert loss_ax.get_xlabel() == "epoch"
+    assert _png_bytes(fig)
+
+
+def test_learning_curve_figure_draws_nothing_twice():
+    """Lightning's `_epoch` twins, LR groups with the same schedule and identical panels are drawn once."""
+    same = [(0, 0.1), (1, 0.05)]
+    history = {
+        "train/loss": [(0, 2.0), (1, 1.0)],
+        "train/loss_epoch": [(0, 2.0), (1, 1.0)],
+        "val/loss": [(0, 2.1), (1, 1.2)],
+        "lr-AdamW/head": same,
+        "lr-AdamW/logit_scale": same,
+        "lr-AdamW/backbone": [(0, 0.01), (1, 0.005)],
+        "lr-AdamW/backbone_no_decay": [(0, 0.01), (1, 0.005)],
+        "val/acc": [(0, 0.3), (1, 0.6)],
+    }
+    fig = learning_curve_figure(history, xlabel="epoch")
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["loss", "acc", "learning rate"]
+    assert {line.get_label() for line in fig.axes[0].lines} == {"train", "val"}
+    lr_labels = sorted(line.get_label() for line in fig.axes[2].lines)
+    assert lr_labels == ["lr-AdamW: backbone, backbone_no_decay", "lr-AdamW: head, logit_scale"]
+    assert [ax.get_ylabel() for ax in fig.axes] == ["loss", "acc", "learning rate"]
     assert _png_bytes(fig)
 
 

@@ -6,7 +6,7 @@ from lightning_dualtrack.callbacks.classification import (
     DeviceConfusionMatrix,
     unpadded_eval_sampler,
 )
-from lightning_dualtrack.callbacks.export import ModelExport, export_onnx, export_torchscript
+from lightning_dualtrack.callbacks.export import ModelExport, export_onnx, export_program, export_torchscript
 from lightning_dualtrack.callbacks.run_description import RunDescription
 from lightning_dualtrack.callbacks.throughput import ThroughputMonitor
 
@@ -18,6 +18,7 @@ __all__ = [
     "RunIdsInCheckpoint",
     "ThroughputMonitor",
     "export_onnx",
+    "export_program",
     "export_torchscript",
     "run_ids_from_checkpoint",
     "unpadded_eval_sampler",

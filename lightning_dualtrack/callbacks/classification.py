@@ -23,14 +23,16 @@ How the numbers are made:
   by confidence, so the table starts with the most confident mistakes. The buffer is rank-local:
   in DDP the table shows rank 0's share.
 * At the end of every ``every_n_epochs``-th validation epoch (not the sanity check) and of each test
-  run: scalars on every logger (``{stage}/acc``, ``{stage}/f1_macro``, ``{stage}/f1_weighted``,
-  ``{stage}/{precision,recall,f1}/<class>``) at ``trainer.global_step``, the summary scalars also in
+  run: scalars on every logger (``{stage}/acc``, ``{stage}/f1_macro``, ``{stage}/f1_weighted``, and for
+  validation only ``val/{precision,recall,f1}/<class>``: a series over epochs; test's per-class values are one
+  point each and go to the per-class table, the report and the chart instead) at ``trainer.global_step``, the summary scalars also in
   ``trainer.callback_metrics`` (so ``ModelCheckpoint(monitor="val/f1_macro")`` works), and for
   loggers that have the richer methods (``DualTrackLogger``, or anything with ``log_figure`` & co.):
   the confusion matrix (``log_confusion_matrix``: JSON, CSV, counts and row-normalised PNGs, W&B's
   interactive matrix; a logger without that method gets both figures through ``log_figure``), a
-  per-class table, the report as JSON and CSV artifacts (file names carry the stage, epoch and
-  step, so nothing is overwritten), and -- by default only for the last validation of a fit and for
+  per-class table, the report as JSON and CSV artifacts (file names carry the stage and the zero-padded epoch
+  and step of the weights evaluated -- for ``test(ckpt_path=...)`` the checkpoint's, as in its file name -- so
+  nothing is overwritten and they sort in order; titles say the same), and -- by default only for the last validation of a fit and for
   ``test()``/``validate()``, see ``figures`` -- a per-class bar chart and the table of example
   predictions. A failing rich call is reported as a warning and does not stop training.
 
@@ -43,6 +45,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -489,29 +492,51 @@ class ClassificationReport(Callback):
         if state.examples is not None:
             state.examples.reset()
 
+    def _evaluated(self, stage: str, trainer: Trainer) -> tuple[int, int, str]:
+        """Epoch and step of the weights this report evaluates, and how to say it in a title.
+
+        Validation in a fit: the epoch being validated and the step so far (what the checkpoint saved at this
+        validation is named after). ``test()``/``validate()``: the checkpoint they loaded (``ckpt_path``), read from
+        the file, else the last epoch the fit completed: after a fit, ``current_epoch`` already counts one more.
+        """
+        if stage == "val" and trainer.state.fn == TrainerFn.FITTING:
+            return trainer.current_epoch, trainer.global_step, f"epoch {trainer.current_epoch}, step {trainer.global_step}"
+        ckpt = getattr(trainer, "ckpt_path", None)
+        if ckpt:
+            meta = _checkpoint_position(str(ckpt))
+            if meta is not None:
+                epoch, step = meta
+                return epoch, step, f"checkpoint {Path(str(ckpt)).name}: epoch {epoch}, step {step}"
+        epoch = max(trainer.current_epoch - 1, 0) if trainer.global_step > 0 else trainer.current_epoch
+        return epoch, trainer.global_step, f"epoch {epoch}, step {trainer.global_step}"
+
     def _log_report(
         self, stage: str, trainer: Trainer, matrix: Any, summary: dict[str, float], examples: list
     ) -> None:
         names, key_names = self._names, self._key_names
         assert names is not None and key_names is not None
-        step, epoch = trainer.global_step, trainer.current_epoch
+        step = trainer.global_step
+        epoch, evaluated_step, evaluated = self._evaluated(stage, trainer)
         rows = per_class_metrics(matrix, names)
         scalars = {f"{stage}/{name}": value for name, value in summary.items()}
-        if self.log_per_class_scalars:
+        # per-class series over epochs are worth a chart for validation only; test is one point per class, which
+        # the per-class table, the JSON/CSV report and the chart hold (45 single-dot charts help nobody)
+        if self.log_per_class_scalars and stage == "val":
             for stat in _PER_CLASS_STATS:
                 for key, row in zip(key_names, rows, strict=True):
                     scalars[f"{stage}/{stat}/{key}"] = row[stat]
         report = {
             "stage": stage,
             "epoch": epoch,
-            "step": step,
+            "step": evaluated_step,
+            "evaluated": evaluated,
             "class_names": names,
             "confusion_matrix": matrix.tolist(),
             "summary": summary,
             "per_class": rows,
         }
         self.last_report[stage] = report
-        stem = f"classification_report/{stage}_epoch{epoch:03d}_step{step:07d}"
+        stem = f"classification_report/{stage}_epoch{epoch:03d}_step{evaluated_step:07d}"
         for logger in trainer.loggers:
             logger.log_metrics(scalars, step=step)
             if not is_rich(logger):
@@ -524,7 +549,7 @@ class ClassificationReport(Callback):
                     "log_confusion_matrix",
                     matrix,
                     names,
-                    title=f"{stage} confusion matrix (epoch {epoch})",
+                    title=f"{stage} confusion matrix ({evaluated})",
                     step=step,
                     key=f"{stage}/confusion_matrix",
                 )
@@ -546,7 +571,8 @@ class ClassificationReport(Callback):
 
     def _log_figures(self, trainer: Trainer, report: dict[str, Any], examples: list) -> None:
         """The bar chart, the example thumbnails (and matrix figures for loggers that cannot draw them)."""
-        stage, epoch, step, names = report["stage"], report["epoch"], report["step"], report["class_names"]
+        stage, names, evaluated = report["stage"], report["class_names"], report["evaluated"]
+        step = trainer.global_step
         matrix = report["confusion_matrix"]
         for logger in trainer.loggers:
             if not is_rich(logger):
@@ -561,7 +587,7 @@ class ClassificationReport(Callback):
                     step=step,
                 )
             if not callable(getattr(logger, "log_confusion_matrix", None)):
-                title = f"{stage} confusion matrix (epoch {epoch})"
+                title = f"{stage} confusion matrix ({evaluated})"
                 for normalize, suffix in ((False, ""), (True, "_normalized")):
                     figure = confusion_matrix_figure(
                         matrix,
@@ -571,7 +597,7 @@ class ClassificationReport(Callback):
                     )
                     _call(logger, "log_figure", figure, name=f"{stage}/confusion_matrix{suffix}", step=step)
             figure = per_class_bar_figure(
-                report["per_class"], title=f"{stage} per-class metrics (epoch {epoch})"
+                report["per_class"], title=f"{stage} per-class metrics ({evaluated})"
             )
             _call(logger, "log_figure", figure, name=f"{stage}/per_class", step=step)
 
@@ -621,6 +647,18 @@ class ClassificationReport(Callback):
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._finish("test", trainer, pl_module)
+
+
+def _checkpoint_position(path: str) -> tuple[int, int] | None:
+    """``(epoch, global_step)`` saved in a Lightning checkpoint, from its name (``epoch=9-step=270``) or file."""
+    found = re.search(r"epoch=(\d+)-step=(\d+)", Path(path).name)
+    if found:
+        return int(found.group(1)), int(found.group(2))
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        return int(ckpt["epoch"]), int(ckpt["global_step"])
+    except Exception:  # noqa: BLE001 - a title falls back to the trainer's counters
+        return None
 
 
 def _logged_by_module(trainer: Trainer, key: str) -> bool:

@@ -472,6 +472,69 @@ class ClipHarModule(LightningModule):
         finally:
             _LOADING.active = False
 
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        *,
+        force_download: bool = False,
+        token: str | bool | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool = False,
+        revision: str | None = None,
+        api: Any = None,
+        **model_kwargs: Any,
+    ) -> ClipHarModule:
+        """Load what :func:`lightning_dualtrack.hub.push_to_hub` wrote: a Hub repo id or a local folder with
+        ``config.json`` (constructor arguments, class names, preprocessing) and ``model.safetensors`` (weights).
+
+        huggingface_hub's ``ModelHubMixin.from_pretrained`` convention; ``model_kwargs`` override the stored
+        constructor arguments (e.g. ``mode="linear_probe"`` to train further). The original ``pretrained`` weights
+        are not fetched (the safetensors hold every weight). ``api``: an ``HfApi`` (default: a new one).
+
+        Example:
+            >>> model = ClipHarModule.from_pretrained("me/clip-har").eval()  # doctest: +SKIP
+            >>> model(model.preprocess(image).unsqueeze(0)).softmax(-1)  # doctest: +SKIP
+        """
+        import json
+        from pathlib import Path
+
+        from safetensors.torch import load_file
+
+        from lightning_dualtrack.hub import resolve_pretrained
+
+        folder = Path(pretrained_model_name_or_path)
+        if not folder.is_dir() and force_download and api is None:
+            from huggingface_hub import HfApi
+
+            api = HfApi(token=token)
+        folder = resolve_pretrained(pretrained_model_name_or_path, revision=revision, cache_dir=cache_dir, token=token,
+                                    local_files_only=local_files_only, api=api)
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        if config.get("architecture") not in (None, cls.__name__):
+            raise ValueError(
+                f"Expected a {cls.__name__} in {folder}/config.json, but its architecture is {config['architecture']!r}"
+            )
+        if "init_args" not in config:
+            raise ValueError(f"Expected `init_args` in {folder}/config.json (written by push_to_hub), but it has none")
+        init_args = {**config["init_args"], **model_kwargs, "pretrained": model_kwargs.get("pretrained")}
+        if config.get("class_names"):
+            init_args.setdefault("class_names", config["class_names"])
+        _LOADING.active = True
+        try:
+            model = cls(**init_args)
+        finally:
+            _LOADING.active = False
+        missing, unexpected = model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
+        if missing or unexpected:
+            raise ValueError(
+                f"The weights in {folder}/model.safetensors do not fit {cls.__name__}({init_args}):"
+                f" missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
+        if config.get("preprocessing"):
+            model._preprocess_cfg = normalize_preprocess_cfg(config["preprocessing"])
+        return model
+
     def describe(self) -> dict[str, Any]:
         """What a run should record about the model beyond its hparams."""
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)

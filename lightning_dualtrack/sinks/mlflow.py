@@ -288,6 +288,11 @@ class MlflowSink(Sink):
             self._upload(rec["csv"])
 
     def _deliver_model(self, rec: dict[str, Any]) -> None:
+        if not rec.get("checkpoint") and (self.ctx.artifact_file(rec["path"]) / "MLmodel").is_file():
+            from lightning_dualtrack.sinks.mlflow_models import deliver_logged_model
+
+            deliver_logged_model(self, rec)  # an MLflow 3 LoggedModel of the run (and its registry version)
+            return
         self._upload(rec["path"], rec["ap"])
         if rec.get("registered_model_name"):
             self._deliver_register(
@@ -334,32 +339,51 @@ class MlflowSink(Sink):
 
 
 def save_pytorch_model(model: Any, path: Path, signature: Any = None, input_example: Any = None) -> None:
-    """Write ``model`` as an MLflow PyTorch model directory (MLmodel, weights, requirements).
+    """Write ``model`` as an MLflow model directory (MLmodel, weights, requirements); no pickle by default.
 
     Runs in the caller's process (the model lives there); the shipper uploads the directory.
+
+    * an object with ``save_mlflow_model(path)`` (``lightning_dualtrack.serving.ServingModel``: images -> class
+      names, plus the ``.pt2`` as the pytorch flavor) writes itself;
+    * a ``torch.nn.Module`` is saved with ``serialization_format="pt2"`` (``torch.export``, dynamic batch), which
+      needs ``input_example`` (a float tensor or array with a batch of at least 2 rows; one row is repeated);
+    * a ``torch.jit.ScriptModule`` can only be pickled (MLflow warns that pickle is unsafe).
+
     ``signature`` may be an MLflow ``ModelSignature`` or "infer" (from ``input_example``).
     """
     if not _MLFLOW_AVAILABLE:
         raise ModuleNotFoundError(str(_MLFLOW_AVAILABLE))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if callable(getattr(model, "save_mlflow_model", None)):
+        model.save_mlflow_model(path)
+        return
     import mlflow.pytorch
+    import numpy as np
     import torch
 
-    if signature == "infer" and input_example is not None:
-        import numpy as np
+    example = input_example
+    if example is not None:
+        example = example.detach().cpu().numpy() if hasattr(example, "detach") else np.asarray(example)
+        if example.dtype == np.float64:
+            example = example.astype(np.float32)  # the model's dtype; float64 would fail the signature
+        if example.ndim >= 1 and example.shape[0] == 1:
+            example = np.concatenate([example, example])  # a batch of 1 would be exported as static
+    if signature == "infer" or (signature is None and example is not None):
+        if example is None:
+            raise ValueError("Expected an `input_example` to infer the signature from, but got None")
         from mlflow.models import infer_signature
 
-        example = input_example.detach().cpu().numpy() if hasattr(input_example, "detach") else np.asarray(input_example)
         with torch.no_grad():
             was_training = model.training
             model.eval()
-            out = model(torch.as_tensor(example).to(next(model.parameters()).device))
+            device = next(iter(model.parameters()), torch.empty(0)).device
+            out = model(torch.as_tensor(example).to(device))
             model.train(was_training)
         signature = infer_signature(example, out.detach().float().cpu().numpy())
-        input_example = example
-    elif input_example is not None and hasattr(input_example, "detach"):
-        input_example = input_example.detach().cpu().numpy()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    kwargs: dict[str, Any] = {}
     if isinstance(model, torch.jit.ScriptModule):
-        kwargs["serialization_format"] = "pickle"  # MLflow 3's default (pt2) does not take TorchScript
-    mlflow.pytorch.save_model(model, str(path), signature=signature, input_example=input_example, **kwargs)
+        fmt = "pickle"  # MLflow's pt2 does not take TorchScript
+    else:
+        fmt = "pt2"
+        if example is None:
+            raise ValueError("Saving a torch model as pt2 needs an `input_example` (a batch of model inputs)")
+    mlflow.pytorch.save_model(model, str(path), signature=signature, input_example=example, serialization_format=fmt)
