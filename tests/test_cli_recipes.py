@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from lightning.pytorch.cli import LightningCLI
 
 from lightning_dualtrack import DualTrackLogger
+from lightning_dualtrack.har import HAR_CLASSES
 from lightning_dualtrack.lightning_cli import DualTrackCLI
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
@@ -74,9 +76,56 @@ def test_no_tracking_flag_removes_the_logger() -> None:
     assert cli.trainer.logger is None
 
 
-def test_contradicting_flags_are_an_error() -> None:
-    with pytest.raises(ValueError, match="no_mlflow"):
-        _cli(["--config", str(RECIPES / "quickstart.yaml"), "--use_mlflow", "--no_mlflow"])
+@pytest.mark.parametrize(
+    "flags", [["--use_mlflow", "--no_mlflow"], ["--use_wandb", "--no_wandb"], ["--no_tracking", "--use_wandb"]]
+)
+def test_contradicting_flags_are_a_one_line_error(flags, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        _cli(["--config", str(RECIPES / "quickstart.yaml"), *flags])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    (line,) = [line for line in err.splitlines() if line.startswith("dualtrack: error:")]  # (pytest's own argv
+    assert flags[0] in line and flags[1] in line  # also makes LightningCLI warn here: not one of ours)
+
+
+class _ParseOnly(DualTrackCLI):
+    """Parse a subcommand and build its objects, as `dualtrack <command>` does, without running it."""
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        pass
+
+
+def _quickstart_checkpoint(tmp_path: Path) -> Path:
+    """A checkpoint as `dualtrack fit --config recipes/quickstart.yaml` writes it: the module's hparams (its resolved
+    class list, LightningCLI's `_class_path`) and the run ids."""
+    cli = _ParseOnly(args=["fit", "--config", str(RECIPES / "quickstart.yaml")], auto_configure_optimizers=False)
+    cli.trainer.strategy.connect(cli.model)
+    path = tmp_path / "last.ckpt"
+    cli.trainer.save_checkpoint(path)
+    ckpt = torch.load(path, weights_only=False)
+    assert ckpt["hyper_parameters"]["class_names"] == list(HAR_CLASSES)
+    ckpt["dualtrack"] = {"run_id": "abcd1234", "save_dir": str(tmp_path / "runs")}
+    torch.save(ckpt, path)
+    return path
+
+
+@pytest.mark.parametrize("recipe", TRAINING_RECIPES, ids=lambda p: p.name)
+def test_every_recipe_takes_a_quickstart_checkpoint(recipe: Path, tmp_path: Path) -> None:
+    """``--ckpt_path`` with any recipe and command: the checkpoint's hparams (a resolved class list where the
+    data module has None) do not trip Lightning's hparam merge, and the logger continues the checkpoint's run."""
+    from lightning.pytorch.loggers.utilities import _log_hyperparams
+
+    ckpt = _quickstart_checkpoint(tmp_path)
+    overrides = [] if recipe.name == "quickstart.yaml" else CPU_OVERRIDES
+    for command in ("fit", "validate", "test", "predict"):
+        cli = _ParseOnly(args=[command, "--config", str(recipe), *overrides, "--ckpt_path", str(ckpt)],
+                         auto_configure_optimizers=False)
+        assert cli.model.hparams.class_names == list(HAR_CLASSES)  # from the checkpoint
+        assert cli.trainer.logger.run_id == "abcd1234", command
+        cli.trainer.strategy.connect(cli.model)
+        cli.trainer._data_connector.attach_datamodule(cli.model, cli.datamodule)
+        _log_hyperparams(cli.trainer)  # what Trainer.fit/test do first: raised "Error while merging hparams"
 
 
 @pytest.mark.slow
