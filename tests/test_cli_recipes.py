@@ -196,3 +196,80 @@ def test_quickstart_runs_end_to_end_and_learns(tmp_path: Path) -> None:
     val_acc = [v for _, v in wandb_values(logger_dir, logger_dir.name, "val/acc")]
     assert len(val_acc) == len(client.get_metric_history(run.info.run_id, "val/acc")) == 4
     assert val_acc[-1] == pytest.approx(run.data.metrics["val/acc"])
+
+
+# --------------------------------------------------------------------------------------------- the seed's flags
+_FAST = ["--model.init_args.model_name=dualtrack-tiny"]  # the flags are under test, not the ViT-B/16 build
+
+
+def _callback_names(cli) -> list[str]:
+    return [type(cb).__name__ for cb in cli.trainer.callbacks]
+
+
+@pytest.mark.parametrize("recipe", TRAINING_RECIPES, ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    ("flags", "mlflow", "wandb"),
+    [(["--no_tracking"], None, None), (["--no_mlflow"], False, True), (["--no_wandb"], True, False),
+     (["--use_mlflow", "--use_wandb"], True, True), (["--use_wandb", "--no_mlflow"], False, True)],
+    ids=lambda v: " ".join(v) if isinstance(v, list) else None,
+)
+def test_tracking_flags_work_with_every_recipe(recipe: Path, flags, mlflow, wandb, capsys) -> None:
+    overrides = [] if recipe.name == "quickstart.yaml" else [*CPU_OVERRIDES, *_FAST]
+    cli = _cli(["--config", str(recipe), *overrides, *flags])
+    logger = cli.trainer.logger
+    if mlflow is None:
+        assert logger is None
+        assert "LearningRateMonitor" not in _callback_names(cli)  # it raises without a logger
+        if "LearningRateMonitor" in (recipe.read_text()):
+            notes = [l for l in capsys.readouterr().err.splitlines() if l.startswith("[dualtrack] --no_tracking")]
+            assert notes == ["[dualtrack] --no_tracking: dropped LearningRateMonitor (it needs a logger)"]
+    else:
+        assert (logger._mlflow_enabled, logger._wandb_enabled) == (mlflow, wandb)
+        assert ("LearningRateMonitor" in _callback_names(cli)) == ("LearningRateMonitor" in recipe.read_text())
+
+
+def test_no_logger_overlay_drops_callbacks_that_need_one() -> None:
+    cli = _cli(["--config", str(RECIPES / "quickstart.yaml"), "--config", str(RECIPES / "tracking" / "none.yaml")])
+    assert cli.trainer.logger is None and "LearningRateMonitor" not in _callback_names(cli)
+
+
+@pytest.mark.slow
+def test_quickstart_runs_with_no_tracking(tmp_path: Path, capsys) -> None:
+    from lightning_dualtrack.cli import main
+
+    args = ["fit", "--config", str(RECIPES / "quickstart.yaml"), "--no_tracking", "--test_after_fit", "true",
+            "--trainer.max_epochs", "1", "--data.init_args.synthetic_samples_per_class", "6"]
+    assert main(args) == 0
+    assert "dropped LearningRateMonitor" in capsys.readouterr().err
+    assert not Path("dualtrack_runs").exists() and not Path("mlflow.db").exists()  # nothing tracked
+    assert list(Path("checkpoints").glob("*.ckpt"))  # but training happened, checkpoints and all
+
+
+# ------------------------------------------------------------------ precedence: argument > env var > recipe default
+def test_wandb_mode_env_beats_the_recipe(monkeypatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    logger = _cli(["--config", str(RECIPES / "quickstart.yaml")]).trainer.logger  # the recipe says offline
+    assert logger._wandb_enabled is False and logger._mlflow_enabled is True
+
+
+def test_an_explicit_argument_beats_the_env(monkeypatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "from_env")
+    cli = _cli(["--config", str(RECIPES / "quickstart.yaml"), "--trainer.logger.init_args.wandb_mode=offline",
+                "--experiment_name", "from_flag"])
+    logger = cli.trainer.logger
+    assert (logger._wandb_enabled, logger._wandb_mode, logger.name) == (True, "offline", "from_flag")
+
+
+def test_mlflow_and_wandb_env_vars_beat_recipe_values(monkeypatch) -> None:
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "from_env")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    monkeypatch.setenv("WANDB_PROJECT", "project_from_env")
+    overlay = RECIPES / "tracking" / "remote_mlflow.yaml"  # names a tracking_uri of its own
+    logger = _cli(["--config", str(RECIPES / "quickstart.yaml"), "--config", str(overlay)]).trainer.logger
+    assert (logger.name, logger.tracking_uri, logger._wandb_project) == ("from_env", "http://127.0.0.1:9", "project_from_env")
+
+
+def test_without_env_the_recipe_decides() -> None:
+    logger = _cli(["--config", str(RECIPES / "quickstart.yaml")]).trainer.logger
+    assert (logger.name, logger._wandb_mode) == ("clip_har_quickstart", "offline")
