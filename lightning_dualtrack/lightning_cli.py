@@ -123,8 +123,9 @@ def run_params(config: Any, trainer: Any = None, model: Any = None, datamodule: 
 
     get = config.get if hasattr(config, "get") else (lambda k, d=None: getattr(config, k, d))
     nested: dict[str, Any] = {}
-    if get("seed_everything") not in (None, False):
-        nested["seed_everything"] = get("seed_everything")
+    seed = get("seed_everything")
+    if seed is not None and seed is not False and seed is not True:  # True: a random seed, logged by Lightning
+        nested["seed_everything"] = seed
     trainer_cfg = get("trainer")
     if trainer_cfg is not None:
         nested["trainer"] = trainer_params(trainer_cfg, trainer, stage)

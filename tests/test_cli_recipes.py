@@ -221,7 +221,7 @@ def test_tracking_flags_work_with_every_recipe(recipe: Path, flags, mlflow, wand
         assert logger is None
         assert "LearningRateMonitor" not in _callback_names(cli)  # it raises without a logger
         if "LearningRateMonitor" in (recipe.read_text()):
-            notes = [l for l in capsys.readouterr().err.splitlines() if l.startswith("[dualtrack] --no_tracking")]
+            notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[dualtrack] --no_tracking")]
             assert notes == ["[dualtrack] --no_tracking: dropped LearningRateMonitor (it needs a logger)"]
     else:
         assert (logger._mlflow_enabled, logger._wandb_enabled) == (mlflow, wandb)
