@@ -201,6 +201,8 @@ class DualTrackCLI(LightningCLI):
         group.add_argument("--use_wandb", action="store_true", help="log to W&B (the default)")
         group.add_argument("--no_wandb", action="store_true", help="do not log to W&B")
         group.add_argument("--no_tracking", action="store_true", help="no logger at all")
+        group.add_argument("--tracking_config", type=str, default=None,
+                           help="a tracking config file (mlflow: / wandb: sections, typed schema); see tracking_config.py")
         group.add_argument("--test_after_fit", type=bool, default=False, help="fit: then test the best checkpoint")
         parser.add_argument("--torch_threads", type=int, default=None, help="torch intra-op threads (torch.set_num_threads)")
 
@@ -267,10 +269,22 @@ class DualTrackCLI(LightningCLI):
             self._drop_callbacks_needing_a_logger(cfg, why)
             return
         loggers = logger_cfg_all if isinstance(logger_cfg_all, list) else [logger_cfg_all]
+        tracking = None
+        if cfg.get("tracking_config"):
+            from lightning_dualtrack.tracking_config import load_tracking_config
+
+            tracking = load_tracking_config(cfg.tracking_config)
         for logger_cfg in loggers:
             if not _is_dualtrack(logger_cfg):
                 continue
             args = _init_args(logger_cfg)
+            if tracking is not None:
+                # the file is a recipe value: the environment (below) and the command line beat it
+                for key, value in tracking.logger_kwargs.items():
+                    if not self._given_on_command_line(key):
+                        _set(args, key, value)
+                self._tracking_schema = tracking.schema
+                tracking = None  # the first DualTrackLogger only
             self._apply_env(args)
             if cfg.get("experiment_name"):
                 _set(args, "experiment_name", cfg.experiment_name)
@@ -286,6 +300,10 @@ class DualTrackCLI(LightningCLI):
 
     def after_instantiate_classes(self) -> None:
         super().after_instantiate_classes()
+        schema = getattr(self, "_tracking_schema", None)
+        trainer = getattr(self, "trainer", None)
+        if schema is not None and trainer is not None:
+            self._use_tracker(trainer, schema)
         if self.save_config_callback is not None and issubclass(self.save_config_callback, LogConfigCallback):
             # LogConfigCallback logs the params (trainer/, model/, data/), each once. Lightning's own merge of the
             # module's and the data module's hparams would log them again, flat, and refuses a key both hold with
@@ -293,6 +311,28 @@ class DualTrackCLI(LightningCLI):
             for obj in (getattr(self, "model", None), getattr(self, "datamodule", None)):
                 if obj is not None and hasattr(obj, "_log_hyperparams"):
                     obj._log_hyperparams = False
+
+    def _use_tracker(self, trainer: Any, schema: Any) -> None:
+        """``--tracking_config``: the first DualTrackLogger becomes an ExperimentTracker with the same settings, the
+        file's schema and the end-of-run monitoring (the logger was built but has not started a run)."""
+        from lightning_dualtrack.logger import DualTrackLogger
+        from lightning_dualtrack.trackers import ExperimentTracker
+
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        loggers = cfg.trainer.logger if isinstance(cfg.trainer.logger, list) else [cfg.trainer.logger]
+        logger_cfg = next(lg for lg in loggers if _is_dualtrack(lg))
+        args = _init_args(logger_cfg)
+        kwargs = args.as_dict() if hasattr(args, "as_dict") else dict(args)
+        tracker = ExperimentTracker(**kwargs, schema=schema)
+        replaced = False
+        new = []
+        for logger in trainer.loggers:
+            if not replaced and isinstance(logger, DualTrackLogger):
+                new.append(tracker)
+                replaced = True
+            else:
+                new.append(logger)
+        trainer.loggers = new
 
     @staticmethod
     def _continue_checkpoint_runs(cfg: Any, args: Any) -> None:

@@ -273,3 +273,35 @@ def test_mlflow_and_wandb_env_vars_beat_recipe_values(monkeypatch) -> None:
 def test_without_env_the_recipe_decides() -> None:
     logger = _cli(["--config", str(RECIPES / "quickstart.yaml")]).trainer.logger
     assert (logger.name, logger._wandb_mode) == ("clip_har_quickstart", "offline")
+
+
+# ------------------------------------------------------------------------------------------- --tracking_config
+_TRACKING = """\
+mlflow:
+  tracking_uri: http://127.0.0.1:9
+  experiment_name: seed2_experiment
+  run_name: from_file
+  logging:
+    parameters: [{name: trainer/max_epochs, type: int}]
+wandb:
+  project: seed2_project
+  mode: disabled
+"""
+
+
+def test_tracking_config_flag_sets_the_logger(tmp_path: Path) -> None:
+    from lightning_dualtrack.trackers import ExperimentTracker
+
+    path = tmp_path / "mlflow_config.yaml"
+    path.write_text(_TRACKING)
+    cli = _cli(["--config", str(RECIPES / "quickstart.yaml"), "--tracking_config", str(path)])
+    logger = cli.trainer.logger
+    assert isinstance(logger, ExperimentTracker) and cli.trainer.loggers == [logger]
+    assert (logger.name, logger.tracking_uri, logger._run_name) == ("seed2_experiment", "http://127.0.0.1:9", "from_file")
+    assert (logger._wandb_project, logger._wandb_enabled) == ("seed2_project", False)  # mode: disabled
+    assert logger.schema.parameters == {"trainer/max_epochs": "int"}
+    assert logger._log_model is True and logger.root_dir == "dualtrack_runs"  # the recipe's other settings stay
+    # the command line beats the file
+    cli = _cli(["--config", str(RECIPES / "quickstart.yaml"), "--tracking_config", str(path), "--experiment_name", "flag",
+                "--trainer.logger.init_args.run_name=cli_name"])
+    assert (cli.trainer.logger.name, cli.trainer.logger._run_name) == ("flag", "cli_name")

@@ -103,3 +103,25 @@ def test_schema_applies_to_what_mlflow_stores(tmp_path: Path, mlflow_server) -> 
     with pytest.raises(SchemaError, match="'batch_size'"):
         tracker.log_parameters({"batch_size": "thirty-two"})
     tracker.end_run()
+
+
+@pytest.mark.slow
+def test_dualtrack_fit_with_a_tracking_config(tmp_path: Path, mlflow_server) -> None:
+    """`dualtrack fit --tracking_config`: the file's experiment, URI and run name; its schema and the monitoring."""
+    from mlflow.tracking import MlflowClient
+
+    from lightning_dualtrack.cli import main
+
+    experiment = f"cli_cfg_{uuid.uuid4().hex[:8]}"
+    path = tmp_path / "mlflow_config.yaml"
+    path.write_text(SEED2_CONFIG.format(uri=mlflow_server.url, experiment=experiment) + "wandb:\n  mode: offline\n")
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
+    args = ["fit", "--config", str(recipe), "--tracking_config", str(path), "--trainer.max_epochs", "1",
+            "--data.init_args.synthetic_samples_per_class", "6"]
+    assert main(args) == 0
+    client = MlflowClient(mlflow_server.url)
+    (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert run.info.status == "FINISHED" and run.info.run_name == "typed"
+    assert "val/acc" in run.data.metrics and run.data.metrics["system/run/duration_s"] > 0
+    assert run.data.metrics["system/storage/payload_mb"] > 0
+    assert run.data.tags.get("wandb.run_id")  # the wandb: section turned W&B on
