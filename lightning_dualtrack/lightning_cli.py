@@ -4,10 +4,19 @@ Tracking flags (after the subcommand), as in the reference project:
 
 * ``--experiment_name NAME``: the MLflow experiment and default W&B project;
 * ``--use_mlflow`` / ``--no_mlflow``, ``--use_wandb`` / ``--no_wandb``: choose the backends;
-* ``--no_tracking``: no logger at all.
+* ``--no_tracking``: no logger at all (``LearningRateMonitor``/``DeviceStatsMonitor`` dropped with a note);
+* ``--tracking_config PATH``: a tracking config file (:mod:`lightning_dualtrack.tracking_config`).
 
-The config LightningCLI saves (``config.yaml`` in the run directory) is also logged to both runs.
-With ``--test_after_fit true``, ``fit`` ends by testing the best checkpoint in the same run.
+Contradictory flags are a one-line error (exit status 2). Who decides a logger setting: the command line, else
+the environment (``MLFLOW_EXPERIMENT_NAME``, ``MLFLOW_TRACKING_URI``, ``WANDB_MODE``, ``WANDB_PROJECT``), else the
+recipe (and a tracking config file), else the logger's default.
+
+The params (:func:`run_params`): each setting once, ``trainer/...``, ``model/...`` (the module's hparams as
+configured), ``data/...`` (the data module's resolved settings), ``seed_everything``; Lightning's own flat merge of
+the module's and data module's hparams is turned off. The config is saved in the run directory (``config.yaml``,
+Lightning's behaviour) and logged to both runs as ``config/<command>_config.yaml``. ``--ckpt_path`` with a
+checkpoint that names its runs continues them. With ``--test_after_fit true``, ``fit`` ends by testing the best
+checkpoint in the same run.
 """
 
 from __future__ import annotations
