@@ -129,3 +129,27 @@ def test_public_names_are_exactly_all():
     }
 
     assert public == set(callbacks.__all__) and callbacks.__all__ == sorted(callbacks.__all__)
+
+
+def test_optimizer_params_are_configured_values_each_once():
+    """Several param groups (as ClipHarModule makes) and a warm-up scheduler: shared settings once, per-group ones
+    under the group's name, the configured peak lr (not the warm-up's first value), nothing empty or unset."""
+    import torch
+
+    from lightning_dualtrack.callbacks.run_description import optimizer_params
+
+    head, backbone = torch.nn.Linear(4, 2), torch.nn.Linear(4, 4)
+    optimizer = torch.optim.AdamW(
+        [{"name": "head", "params": head.parameters(), "lr": 3e-3}, {"name": "backbone", "params": backbone.parameters(), "lr": 1e-3}],
+        betas=(0.9, 0.98),
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: (step + 1) / 27)  # warm-up
+    config = types.SimpleNamespace(scheduler=scheduler, interval="step", frequency=1, monitor=None)
+    trainer = types.SimpleNamespace(optimizers=[optimizer], lr_scheduler_configs=[config])
+    params = optimizer_params(trainer)
+    assert params["optimizer/head/lr"] == 3e-3 and params["optimizer/backbone/lr"] == 1e-3  # not 3e-3 / 27
+    assert params["optimizer/betas"] == [0.9, 0.98] and "optimizer/head/betas" not in params
+    assert params["optimizer/head/num_params"] == 10 and params["optimizer/num_params"] == 30
+    assert not [k for k in params if "group" in k or "initial_lr" in k or "lr_lambdas" in k]
+    assert not [k for k, v in params.items() if v is None or v == [] or v == "[{}, {}]"]
+    assert params["lr_scheduler/class"] == "LambdaLR"

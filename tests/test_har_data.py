@@ -126,7 +126,8 @@ def test_synthetic_datamodule_batches_and_describe():
                                     "random_resized_crop_ratio": [0.75, 4 / 3], "hflip": 0.25}
     assert info["split"] == {"stratified": True, "val_fraction": 0.2, "test_fraction": 0.1, "seed": 0}
     assert info["preprocess"]["size"] == 64
-    assert info["skipped_images"] == {"count": 0, "first": []}
+    assert info["skipped_images"] == {"count": 0}  # nothing empty: no `first: []`
+    assert "data_dir" not in info and info["eval_batch_size"] == 8 and info["num_workers"] == 0
 
 
 # ------------------------------------------------------------------------------------------------------ layouts

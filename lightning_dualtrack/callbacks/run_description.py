@@ -63,20 +63,50 @@ def _flatten(data: Mapping[str, Any], prefix: str) -> dict[str, Any]:
     return flat
 
 
+def _group_settings(group: Mapping[str, Any]) -> dict[str, Any]:
+    """One param group's settings at their configured values: ``lr`` is the group's ``initial_lr`` when a
+    scheduler has set one (the live ``lr`` is already the warm-up's first value); unset (None) options left out."""
+    settings: dict[str, Any] = {}
+    for key, value in group.items():
+        if key in ("params", "name", "initial_lr") or value is None:
+            continue
+        settings[key] = _scalar(value)
+    if group.get("initial_lr") is not None:
+        settings["lr"] = _scalar(group["initial_lr"])
+    settings["num_params"] = sum(p.numel() for p in group["params"])
+    return settings
+
+
 def optimizer_params(trainer: Trainer) -> dict[str, Any]:
-    """The optimizers' and LR schedulers' settings as flat params (see the module docstring)."""
+    """The optimizers' and LR schedulers' settings as flat params (see the module docstring).
+
+    Each setting once: a setting every param group shares is ``optimizer/<key>``; one that differs is
+    ``optimizer/<group name>/<key>`` (the group's ``name``, else ``group<i>``).
+    """
     params: dict[str, Any] = {}
     optimizers = trainer.optimizers
     for j, optimizer in enumerate(optimizers):
         prefix = "optimizer" if len(optimizers) == 1 else f"optimizer{j}"
         params[f"{prefix}/class"] = type(optimizer).__name__
         groups = optimizer.param_groups
-        for g, group in enumerate(groups):
-            group_prefix = prefix if len(groups) == 1 else f"{prefix}/group{g}"
-            params[f"{group_prefix}/num_params"] = sum(p.numel() for p in group["params"])
-            for key, value in group.items():
-                if key != "params":
-                    params[f"{group_prefix}/{key}"] = _scalar(value)
+        settings = [_group_settings(group) for group in groups]
+        if len(groups) == 1:
+            params.update({f"{prefix}/{key}": value for key, value in settings[0].items()})
+            continue
+        params[f"{prefix}/num_params"] = sum(s["num_params"] for s in settings)
+        shared = {
+            key: value
+            for key, value in settings[0].items()
+            if key != "num_params" and all(key in s and s[key] == value for s in settings[1:])
+        }
+        params.update({f"{prefix}/{key}": value for key, value in shared.items()})
+        names = [str(group.get("name") or f"group{g}") for g, group in enumerate(groups)]
+        if len(set(names)) != len(names):
+            names = [f"group{g}" for g in range(len(groups))]
+        for name, group_settings in zip(names, settings, strict=True):
+            for key, value in group_settings.items():
+                if key not in shared:
+                    params[f"{prefix}/{name}/{key}"] = value
     configs = trainer.lr_scheduler_configs
     for j, config in enumerate(configs):
         prefix = "lr_scheduler" if len(configs) == 1 else f"lr_scheduler{j}"
@@ -88,10 +118,12 @@ def optimizer_params(trainer: Trainer) -> dict[str, Any]:
             params[f"{prefix}/monitor"] = config.monitor
         state = scheduler.state_dict() if hasattr(scheduler, "state_dict") else {}
         for key, value in state.items():
-            if key.startswith("_") or key in _SCHEDULER_SKIP:
+            if key.startswith("_") or key in _SCHEDULER_SKIP or value is None:
                 continue
-            value = _scalar(value)
-            if isinstance(value, (str, int, float, bool)) or value is None:
+            # scalars only: LambdaLR's `lr_lambdas` is a list of empty dicts (its lambdas do not serialise)
+            if isinstance(value, torch.Tensor) and value.numel() == 1:
+                value = value.item()
+            if isinstance(value, (str, int, float, bool)):
                 params[f"{prefix}/{key}"] = value
     return params
 

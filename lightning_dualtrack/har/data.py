@@ -531,10 +531,19 @@ class HarDataModule(LightningDataModule):
             "preprocess": self.preprocess_cfg,
             "batch_size": self.batch_size,
             "eval_batch_size": self.eval_batch_size,
+            "num_workers": self.num_workers,
             "skipped_images": {"count": len(catalogue.skipped), "first": catalogue.skipped[:_SHOW_SKIPPED]},
         }
+        # only what applies to this source, and nothing empty: a person reads each setting once, at its value
+        if self.data_dir is None:
+            del info["data_dir"]
+        if not catalogue.skipped:
+            info["skipped_images"] = {"count": 0}
+        if hp.predict_dir is not None:
+            info["predict_dir"] = hp.predict_dir
         if self.source == "kaggle":
             info["csv_file"] = hp.csv_file
+            info["image_subdir"] = hp.image_subdir
         if self.source == "synthetic":
             info["synthetic"] = {"samples_per_class": hp.synthetic_samples_per_class,
                                  "image_size": hp.synthetic_image_size, "noise": hp.synthetic_noise}

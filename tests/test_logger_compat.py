@@ -1,0 +1,177 @@
+"""Issue 11 items that need a change inside ``DualTrackLogger`` (not made on this branch).
+
+Each test is ``xfail(strict=True)``: it fails today for the reason given, and turns into a failure ("XPASS") the
+day the logger does what it asks -- then drop the marker. Checked at the backends (a real mlflow server).
+"""
+
+from __future__ import annotations
+
+import uuid
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lightning_dualtrack import DualTrackLogger
+from lightning_dualtrack.logger import DualTrackWarning
+
+
+def _needs(change: str):
+    return pytest.mark.xfail(strict=True, reason=f"needs logger change: {change}")
+
+
+def _logger(server, **kwargs) -> DualTrackLogger:
+    kwargs.setdefault("experiment_name", f"compat_{uuid.uuid4().hex[:8]}")
+    return DualTrackLogger(tracking_uri=server.url, wandb=False, **kwargs)
+
+
+def _mlflow_run(server, logger: DualTrackLogger):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(server.url)
+    (run,) = client.search_runs([client.get_experiment_by_name(logger.name).experiment_id])
+    return client, run
+
+
+@_needs("DualTrackLogger(prefix=...) joined with '-' like MLFlowLogger/WandbLogger (LOGGER_JOIN_CHAR)")
+def test_prefix_joins_metric_keys(mlflow_server) -> None:
+    logger = _logger(mlflow_server, prefix="train")
+    logger.log_metrics({"loss": 1.0}, step=0)
+    logger.finalize("success")
+    _, run = _mlflow_run(mlflow_server, logger)
+    assert "train-loss" in run.data.metrics
+
+
+@_needs("experiment_id property (the MLflow experiment id, like MLFlowLogger.experiment_id)")
+def test_experiment_id(mlflow_server) -> None:
+    logger = _logger(mlflow_server)
+    logger.log_metrics({"x": 1.0}, step=0)
+    logger.finalize("success")
+    _, run = _mlflow_run(mlflow_server, logger)
+    assert logger.experiment_id == run.info.experiment_id
+
+
+@_needs("run_id=<existing MLflow run id> continues that MLflow run (MLFlowLogger semantics)")
+def test_existing_mlflow_run_id_continues_that_run(mlflow_server) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(mlflow_server.url)
+    name = f"compat_{uuid.uuid4().hex[:8]}"
+    existing = client.create_run(client.create_experiment(name)).info.run_id
+    logger = _logger(mlflow_server, experiment_name=name, run_id=existing)
+    logger.log_metrics({"continued": 1.0}, step=0)
+    logger.finalize("success")
+    assert "continued" in client.get_run(existing).data.metrics
+
+
+@_needs("mlflow_run_id known as soon as the run exists, within a bounded wait (not only after the shipper wrote it)")
+def test_mlflow_run_id_known_right_after_start(mlflow_server) -> None:
+    logger = _logger(mlflow_server)
+    logger.start_run()
+    try:
+        assert logger.mlflow_run_id is not None
+    finally:
+        logger.finalize("success")
+
+
+@_needs("MLFLOW_EXPERIMENT_NAME read by the logger when experiment_name is not given")
+def test_mlflow_experiment_name_env(monkeypatch) -> None:
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "from_env")
+    assert DualTrackLogger(start_shipper=False).name == "from_env"
+
+
+@_needs("re-logging equal hparams is a no-op: compare normalised values, not reprs holding memory addresses")
+def test_relogging_an_object_hparam_is_a_noop(tmp_path: Path) -> None:
+    class Augment:  # default repr: <...Augment object at 0x...>
+        pass
+
+    logger = DualTrackLogger(save_dir=tmp_path / "runs", mlflow=False, wandb=False, start_shipper=False)
+    logger.log_params({"augment": Augment()})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        logger.log_params({"augment": Augment()})  # a second fit with the same logger
+    logger.finalize("success")
+    assert not [w for w in caught if issubclass(w.category, DualTrackWarning)]
+
+
+@_needs("WandbLogger's log_image(key=, images=[...], step=, caption=[...])")
+def test_wandb_style_log_image(mlflow_server) -> None:
+    logger = _logger(mlflow_server)
+    logger.log_image(key="samples", images=[np.zeros((8, 8, 3), np.uint8), np.ones((8, 8, 3), np.uint8)], step=1,
+                     caption=["a", "b"])
+    logger.finalize("success")
+    client, run = _mlflow_run(mlflow_server, logger)
+    assert len(client.list_artifacts(run.info.run_id, "images")) >= 1
+
+
+@_needs("WandbLogger's log_table(key, columns=, data=, dataframe=, step=)")
+def test_wandb_style_log_table(mlflow_server) -> None:
+    logger = _logger(mlflow_server)
+    logger.log_table(key="preds", columns=["id", "label"], data=[[1, "a"], [2, "b"]], step=0)
+    logger.finalize("success")
+    client, run = _mlflow_run(mlflow_server, logger)
+    assert client.list_artifacts(run.info.run_id, "tables")
+
+
+@_needs("WandbLogger's log_text(key, columns=, data=, dataframe=, step=)")
+def test_wandb_style_log_text(mlflow_server) -> None:
+    logger = _logger(mlflow_server)
+    logger.log_text(key="notes", columns=["text"], data=[["hello"]])
+    logger.finalize("success")
+    client, run = _mlflow_run(mlflow_server, logger)
+    assert client.list_artifacts(run.info.run_id)
+
+
+@_needs("watch(model, log=, log_freq=): gradient/parameter statistics")
+def test_watch_exists(tmp_path: Path) -> None:
+    import torch
+
+    logger = DualTrackLogger(save_dir=tmp_path / "runs", mlflow=False, wandb=False, start_shipper=False)
+    logger.watch(torch.nn.Linear(2, 2), log="all", log_freq=10)
+
+
+@_needs("register_model returns (registered name, version) and resolves runs:/last/<path>")
+def test_register_model_returns_name_and_version(mlflow_server) -> None:
+    import torch
+
+    logger = _logger(mlflow_server)
+    logger.log_model(torch.nn.Linear(2, 2), "models", input_example=np.zeros((1, 2), np.float32))
+    result = logger.register_model(model_name=f"m_{uuid.uuid4().hex[:6]}", model_uri="runs:/last/models")
+    logger.finalize("success")
+    assert result is not None and result[1] == "1"
+
+
+@_needs("log_figure per step: a repeated name is kept per step (no '.png.png', W&B image at its step)")
+def test_log_figure_in_a_loop_keeps_each(mlflow_server) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    logger = _logger(mlflow_server)
+    for _ in range(2):
+        fig, ax = plt.subplots()
+        ax.plot([0, 1])
+        logger.log_figure(fig, "learning_curve.png")
+    logger.finalize("success")
+    client, run = _mlflow_run(mlflow_server, logger)
+    names = [a.path for a in client.list_artifacts(run.info.run_id, "images")]
+    assert len(names) == 2 and not [n for n in names if n.endswith(".png.png")], names
+
+
+@pytest.mark.slow
+@_needs("after_save_checkpoint keeps every ModelCheckpoint callback (today: the last one that saved)")
+def test_every_model_checkpoint_callback_is_logged(mlflow_server, tmp_path: Path) -> None:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from tests.helpers import TinyModel, loaders, trainer
+
+    logger = _logger(mlflow_server, log_model=True, save_dir=tmp_path / "runs")
+    best = ModelCheckpoint(monitor="val/loss", save_top_k=1, filename="best-{step}")
+    latest = ModelCheckpoint(save_top_k=1, filename="latest-{step}")
+    trainer(logger, max_steps=4, callbacks=[best, latest], enable_checkpointing=True, val_check_interval=2).fit(
+        TinyModel(), *loaders())
+    client, run = _mlflow_run(mlflow_server, logger)
+    names = [Path(a.path).name for a in client.list_artifacts(run.info.run_id, "checkpoints")]
+    assert any(n.startswith("best-") for n in names) and any(n.startswith("latest-") for n in names), names

@@ -1,0 +1,138 @@
+"""The seeds' tracker APIs (``lightning_dualtrack.trackers``), checked at the backends they logged to."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lightning_dualtrack.trackers import (
+    ExperimentTracker,
+    MLflowTracker,
+    MultiTracker,
+    WandbTracker,
+    from_config,
+)
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1, 2], [0.5, 0.7, 0.9])
+    return fig
+
+
+@pytest.mark.slow
+def test_seed2_example_verbatim(mlflow_server, monkeypatch) -> None:
+    """Seed 2's README example, as written but for the import; each line's meaning checked in MLflow."""
+    from mlflow.tracking import MlflowClient
+
+    experiment_name = f"seed2_{uuid.uuid4().hex[:8]}"
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    fig = _figure()
+
+    # --- the seed's code
+    tracker = ExperimentTracker(experiment_name=experiment_name, tracking_uri=mlflow_server.url, run_name="baseline")
+    tracker.start_run()
+    tracker.log_parameters({"learning_rate": 0.01, "batch_size": 32, "optimizer": "adam"})
+    tracker.log_metrics({"accuracy": 0.91, "loss": 0.25})
+    tracker.log_model(model, "model_name", input_example=np.random.rand(2, 4).astype(np.float32))
+    tracker.log_visualization(fig, "confusion_matrix")
+    tracker.end_run()
+    # ---
+
+    client = MlflowClient(mlflow_server.url)
+    (run,) = client.search_runs([client.get_experiment_by_name(experiment_name).experiment_id])
+    assert run.info.status == "FINISHED" and run.info.run_name == "baseline"
+    assert {k: run.data.params[k] for k in ("learning_rate", "batch_size", "optimizer")} == {
+        "learning_rate": "0.01", "batch_size": "32", "optimizer": "adam"}
+    assert run.data.metrics["accuracy"] == pytest.approx(0.91) and run.data.metrics["loss"] == pytest.approx(0.25)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "model_name")}
+    assert "model_name/MLmodel" in artifacts
+    images = [a.path for a in client.list_artifacts(run.info.run_id, "images")]
+    assert any(p.startswith("images/confusion_matrix") and p.endswith(".png") for p in images), images
+    # seed 2's monitoring list, on MLflow's System metrics tab
+    system = {k: v for k, v in run.data.metrics.items() if k.startswith("system/")}
+    assert system["system/run/duration_s"] > 0 and system["system/run/peak_memory_mb"] > 10
+    assert system["system/storage/journal_mb"] > 0 and system["system/storage/payload_mb"] > 0
+    assert system["system/storage/run_dir_mb"] >= system["system/storage/payload_mb"]
+    # MLflow only: the seed is an MLflow project
+    assert tracker.wandb_run_id is None and not list(Path("dualtrack_runs").glob("*/wandb"))
+    import mlflow.pytorch
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)  # where `runs:/` resolves
+    loaded = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model_name")
+    x = torch.rand(2, 4)
+    torch.testing.assert_close(loaded(x), model(x))
+
+
+@pytest.mark.slow
+def test_multi_tracker_is_one_run_in_both_backends(mlflow_server) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from tests.helpers import wandb_run
+
+    experiment = f"multi_{uuid.uuid4().hex[:8]}"
+    tracker = MultiTracker([MLflowTracker(experiment, tracking_uri=mlflow_server.url), WandbTracker("har_project", mode="offline")])
+    tracker.start_run()
+    tracker.log_parameters({"lr": 0.1})
+    for step in range(3):
+        tracker.log_metrics({"loss": 1.0 / (step + 1)}, step=step)
+    tracker.end_run()
+
+    client = MlflowClient(mlflow_server.url)
+    (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "loss")] == pytest.approx([1.0, 0.5, 1 / 3])
+    w = wandb_run(tracker.run_dir, tracker.run_id)
+    assert w.config["lr"] == 0.1 and w.config["mlflow/run_id"] == run.info.run_id
+    assert [row["loss"] for row in w.history if "loss" in row] == pytest.approx([1.0, 0.5, 1 / 3])
+    assert tracker._wandb_project == "har_project"
+
+
+def test_single_backend_trackers_choose_their_backend() -> None:
+    m = MLflowTracker("exp", tracking_uri="http://127.0.0.1:9")
+    assert (m._mlflow_enabled, m._wandb_enabled, m.name, m.tracking_uri) == (True, False, "exp", "http://127.0.0.1:9")
+    w = WandbTracker("proj", entity="team", mode="offline")
+    assert (w._mlflow_enabled, w._wandb_enabled, w._wandb_project, w._wandb_mode) == (False, True, "proj", "offline")
+    with pytest.raises(TypeError, match="MLflowTracker/WandbTracker"):
+        MultiTracker([object()])
+
+
+@pytest.mark.slow
+def test_tracker_in_a_trainer_logs_like_the_logger(mlflow_server) -> None:
+    """The trackers are DualTrackLoggers: a Trainer logs through them, and the run ends with the monitoring."""
+    from mlflow.tracking import MlflowClient
+
+    from tests.helpers import TinyModel, loaders, trainer
+
+    experiment = f"trainer_{uuid.uuid4().hex[:8]}"
+    logger = ExperimentTracker(experiment_name=experiment, tracking_uri=mlflow_server.url)
+    trainer(logger, max_steps=4).fit(TinyModel(), *loaders())
+    client = MlflowClient(mlflow_server.url)
+    (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert run.info.status == "FINISHED" and run.data.params["lr"] == "0.05"
+    assert "train/loss" in run.data.metrics and "system/run/duration_s" in run.data.metrics
+
+
+def test_from_config_reads_the_seed_layout(tmp_path: Path) -> None:
+    path = tmp_path / "mlflow_config.yaml"
+    path.write_text(
+        "mlflow:\n  tracking_uri: http://127.0.0.1:9\n  experiment_name: har\n  run_name: baseline\n"
+        "  logging:\n    metrics:\n      - {name: accuracy, type: float}\n"
+        "    parameters:\n      - {name: batch_size, type: int}\n"
+    )
+    tracker = from_config(path)
+    assert (tracker.name, tracker.tracking_uri, tracker._run_name) == ("har", "http://127.0.0.1:9", "baseline")
+    assert tracker._wandb_enabled is False  # no wandb: section
+    assert tracker.schema.parameters == {"batch_size": "int"} and tracker.schema.metrics == {"accuracy": "float"}
+    path.write_text(path.read_text() + "wandb:\n  project: har_wb\n  mode: offline\n")
+    tracker = from_config(path, run_name="override")
+    assert (tracker._wandb_enabled, tracker._wandb_project, tracker._wandb_mode) == (True, "har_wb", "offline")
+    assert tracker._run_name == "override"  # an explicit argument beats the file
