@@ -278,18 +278,21 @@ class DualTrackLogger(Logger):
         description: str | None = None,
         registry_aliases: Sequence[str] = (),
         metadata: Mapping[str, Any] | None = None,
+        wandb_name: str | None = None,
     ) -> None:
         """Save ``model`` as an MLflow PyTorch model in the run and log it to both backends.
 
         MLflow: the model directory as artifacts at ``artifact_path`` (loadable with
         ``mlflow.pytorch.load_model``), registered as ``registered_model_name`` when given. W&B: a model
-        artifact with ``aliases`` (plus ``latest``). Saving imports ``mlflow`` (only this call does).
+        artifact with ``aliases`` (plus ``latest``) in the collection ``wandb_name`` (default
+        ``model-<run id>``, which holds the checkpoints). Saving imports ``mlflow`` (only this call does).
         """
         self._ensure_started()
         saved = self._run.payloads.model(model, artifact_path, signature, input_example)
         if saved is not None:
             rel, ap = saved
-            self._append(records.model(rel, ap, aliases, registered_model_name, description, registry_aliases, metadata))
+            self._append(records.model(rel, ap, aliases, registered_model_name, description, registry_aliases, metadata,
+                                       wandb_name=wandb_name))
 
     @rank_zero_only
     def register_model(

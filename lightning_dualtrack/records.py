@@ -115,11 +115,13 @@ def model(
     registry_aliases: Sequence[str] = (),
     metadata: Mapping[str, Any] | None = None,
     t: int | None = None,
+    wandb_name: str | None = None,
 ) -> dict[str, Any]:
     """``model``: ``path`` an MLflow model directory in the run, ``ap`` its MLflow artifact path,
     ``aliases`` W&B artifact aliases, ``registered_model_name`` / ``description`` /
-    ``registry_aliases`` the MLflow Model Registry entry (optional), ``metadata`` W&B artifact metadata."""
-    return {
+    ``registry_aliases`` the MLflow Model Registry entry (optional), ``metadata`` W&B artifact metadata,
+    ``wandb_name`` the W&B artifact collection (default: the run's ``model-<run id>``)."""
+    rec = {
         "k": "model",
         "t": t or now_ms(),
         "path": path,
@@ -130,6 +132,9 @@ def model(
         "registry_aliases": list(registry_aliases),
         "metadata": dict(metadata or {}),
     }
+    if wandb_name:
+        rec["wandb_name"] = wandb_name
+    return rec
 
 
 def checkpoint(path: str, aliases: Sequence[str], wandb_name: str, metadata: Mapping[str, Any], t: int | None = None) -> dict[str, Any]:

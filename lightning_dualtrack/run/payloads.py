@@ -41,6 +41,12 @@ def safe_relpath(path: str, messages: Messages | None = None, what: str = "artif
     return cleaned
 
 
+
+def _step_suffix(step: int | None) -> str:
+    """``_step0000027``: zero-padded (as the classification report's names), so names sort in step order."""
+    return "" if step is None else f"_step{int(step):07d}"
+
+
 class Payloads:
     """Writes payload files under ``run_dir`` (the facade's thread; no backend is imported)."""
 
@@ -94,7 +100,7 @@ class Payloads:
     # -- kinds ------------------------------------------------------------------------------------------
     def image(self, image: Any, name: str, step: int | None, caption: str | None, close: bool) -> dict[str, Any] | None:
         key = safe_relpath(name, self.messages, "image name")
-        rel = f"artifacts/images/{key}" + (f"_step{step}" if step is not None else "") + ".png"
+        rel = f"artifacts/images/{key}" + _step_suffix(step) + ".png"
         try:
             ok = self.png(image, rel, "image", f"log_image({short(name)!r})")
         finally:
@@ -105,7 +111,7 @@ class Payloads:
     def table(self, key: str, columns: Sequence[Any], rows: Sequence[Sequence[Any]], step: int | None) -> dict[str, Any] | None:
         key = safe_relpath(key, self.messages, "table key")
         columns = [redact_string(str(c)) for c in columns]
-        base = f"artifacts/tables/{key}" + (f"_step{step}" if step is not None else "")
+        base = f"artifacts/tables/{key}" + _step_suffix(step)
         media: list[str] = []
         data = []
         for r, row in enumerate(rows):
@@ -157,7 +163,7 @@ class Payloads:
             )
             return None
         key = safe_relpath(str(key), self.messages, "confusion matrix key")
-        base = f"artifacts/{key}" + (f"_step{step}" if step is not None else "")
+        base = f"artifacts/{key}" + _step_suffix(step)
         cells = matrix.tolist()
         if not self.write_json(f"{base}.json", {"title": redact_string(str(title)), "class_names": names, "matrix": cells, "step": step}, "confusion matrix"):
             return None

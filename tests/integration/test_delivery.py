@@ -96,7 +96,7 @@ def test_direct_use_media_tables_and_values(mlflow_server, tmp_path) -> None:
     assert math.isnan(client.get_metric_history(rid, "nan")[0].value)
     assert "text" not in r.data.metrics and "vec" not in r.data.metrics
     arts = {a.path for a in client.list_artifacts(rid)}
-    assert {"confusion_matrix_step3.png", "confusion_matrix_step3_normalized.png", "confusion_matrix_step3.json", "notes", "images", "tables", "params"} <= arts
+    assert {"confusion_matrix_step0000003.png", "confusion_matrix_step0000003_normalized.png", "confusion_matrix_step0000003.json", "notes", "images", "tables", "params"} <= arts
     full = client.download_artifacts(rid, "params/long.txt", str(tmp_path / "dl"))
     assert open(full).read() == "y" * 10_000
     key_map = json.load(open(client.download_artifacts(rid, "dualtrack/key_map.json", str(tmp_path / "dl2"))))

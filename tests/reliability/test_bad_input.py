@@ -198,14 +198,14 @@ def _not_a_figure(run: DualTrackLogger, e: Expect) -> None:
     fig, ax = plt.subplots()
     ax.plot([0, 1])
     run.log_figure(fig, "fig_real", step=1)
-    e.artifacts.append("images/fig_real_step1.png")
+    e.artifacts.append("images/fig_real_step0000001.png")
     e.attempted = 4
 
 
 def _check_not_a_figure(result: dict) -> None:
     client = MlflowClient(result["uri"])
     images = [a.path for a in client.list_artifacts(result["mlflow_run_id"], "images")]
-    assert images == ["images/fig_real_step1.png"]
+    assert images == ["images/fig_real_step0000001.png"]
     w = read_runs(result["run_dir"], result["run_id"])
     assert [k for row in w.history for k in row if k.startswith("fig_")] == ["fig_real"]
 

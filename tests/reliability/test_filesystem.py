@@ -199,8 +199,8 @@ def test_full_disk_on_payload_writes_warns_once_per_kind_and_keeps_the_rest(mlfl
     client = MlflowClient(mlflow_server.url)
     assert sorted(m.step for m in client.get_metric_history(rid, "loss")) == list(range(12))
     stored = list_artifacts(client, rid)
-    assert {f"tables/small_step{s}.json" for s in range(12)} <= set(stored)
-    assert {f"confusion_matrix_step{s}.json" for s in range(12)} <= set(stored)
+    assert {f"tables/small_step{s:07d}.json" for s in range(12)} <= set(stored)
+    assert {f"confusion_matrix_step{s:07d}.json" for s in range(12)} <= set(stored)
     assert not any(p.startswith(("tables/big", "images/noise")) for p in stored)
     from lightning_dualtrack.wandb_file import read_runs
 
