@@ -23,17 +23,20 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from lightning.fabric.utilities.logger import _add_prefix
 from lightning.pytorch.loggers.logger import Logger, rank_zero_experiment
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from lightning_dualtrack import records
 from lightning_dualtrack.journal import JournalWriter
 from lightning_dualtrack.normalize import short
+from lightning_dualtrack.run import compat
+from lightning_dualtrack.run.compat import exit_status, wait_for_identity
 from lightning_dualtrack.run.config import DEFAULT_TRACKING_URI, new_run_id, resolve_config
 from lightning_dualtrack.run.lifecycle import shipper_env
 from lightning_dualtrack.run.policy import DualTrackWarning
 from lightning_dualtrack.run.session import Run
-from lightning_dualtrack.sinks.base import RUN_FILE, read_json
+from lightning_dualtrack.sinks.base import RUN_FILE
 
 __all__ = ["DEFAULT_TRACKING_URI", "DualTrackLogger", "DualTrackWarning", "create_tracker", "new_run_id"]
 
@@ -70,10 +73,11 @@ class DualTrackLogger(Logger):
 
     def __init__(
         self,
-        experiment_name: str = "lightning_dualtrack",
+        experiment_name: str | None = None,
         run_name: str | None = None,
         tags: Mapping[str, Any] | None = None,
         *,
+        prefix: str = "",
         mlflow: bool = True,
         tracking_uri: str | None = None,
         wandb: bool = True,
@@ -92,6 +96,9 @@ class DualTrackLogger(Logger):
         start_shipper: bool = True,
     ) -> None:
         super().__init__()
+        if experiment_name is None:  # MLflow's own variable, like MLFlowLogger; then the package default
+            experiment_name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or "lightning_dualtrack"
+        self._prefix = str(prefix or "")
         self._config = resolve_config(
             experiment_name, run_name, tags, mlflow=mlflow, tracking_uri=tracking_uri, wandb=wandb, wandb_project=wandb_project,
             wandb_entity=wandb_entity, wandb_group=wandb_group, wandb_mode=wandb_mode, save_dir=save_dir, log_model=log_model,
@@ -101,7 +108,9 @@ class DualTrackLogger(Logger):
         root = self._config.root
         self._resuming = (root / self._config.run_id / RUN_FILE).exists()
         self._run = Run(self._config)
-        self._checkpoint_callback: Any = None
+        self._checkpoint_callbacks: dict[int, Any] = {}  # every ModelCheckpoint that saved, by identity
+        self._figure_counts: dict[str, int] = {}
+        self._watcher: compat.Watcher | None = None
         self._atexit_registered = False
 
     # -- Lightning's Logger interface -------------------------------------------------------------
@@ -140,8 +149,20 @@ class DualTrackLogger(Logger):
 
     @property
     def mlflow_run_id(self) -> str | None:
-        """The MLflow run id once the shipper has created (or found) the run; None before."""
-        return (read_json(self.run_dir / "state" / "mlflow.json", {}) or {}).get("identity", {}).get("run_id")
+        """The MLflow run id: waits (bounded, once) while the delivery process is still creating the run.
+
+        None when MLflow is off, the run has not started, or the backend could not be reached in
+        ``identity_timeout`` seconds (then it is not waited for again; delivery goes on in the background).
+        """
+        return self._mlflow_identity().get("run_id")
+
+    @property
+    def experiment_id(self) -> str | None:
+        """The MLflow experiment id (``MLFlowLogger.experiment_id``); same wait as :attr:`mlflow_run_id`."""
+        return self._mlflow_identity().get("experiment_id")
+
+    def _mlflow_identity(self) -> dict[str, Any]:
+        return wait_for_identity(self._run, "mlflow") if self._config.mlflow_enabled else {}
 
     @property
     def wandb_run_id(self) -> str | None:
@@ -166,6 +187,12 @@ class DualTrackLogger(Logger):
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         """Record metrics at ``step`` (Lightning's global step; an own counter when None)."""
+        if self._run.journal is None:
+            self._ensure_started()  # also registers the atexit end of the run
+        if self._prefix:
+            metrics = _add_prefix(metrics, self._prefix, "-")  # Lightning's LOGGER_JOIN_CHAR
+        if self._watcher is not None and self._watcher.due(step):
+            metrics = compat.merge(metrics, self._guarded("watch", self._watcher.stats) or {})
         self._run.log_metrics(metrics, step)
 
     @rank_zero_only
@@ -175,8 +202,8 @@ class DualTrackLogger(Logger):
     @rank_zero_only
     def finalize(self, status: str = "success") -> None:
         """End the run in both backends (bounded by ``finalize_timeout``). Idempotent."""
-        callback = self._checkpoint_callback if self._config.log_model is True else None
-        self._run.finalize(status, checkpoint_callback=callback)
+        callbacks = list(self._checkpoint_callbacks.values()) if self._config.log_model is True else []
+        self._run.finalize(status, checkpoint_callbacks=callbacks)
 
     @rank_zero_only
     def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
@@ -188,7 +215,7 @@ class DualTrackLogger(Logger):
             for rec in self._run.payloads.checkpoints(checkpoint_callback):
                 self._run.append(rec)
         else:
-            self._checkpoint_callback = checkpoint_callback
+            self._checkpoint_callbacks[id(checkpoint_callback)] = checkpoint_callback
 
     # -- tracker API (direct use) -------------------------------------------------------------------
     def start_run(self, run_name: str | None = None) -> DualTrackLogger:
@@ -216,35 +243,72 @@ class DualTrackLogger(Logger):
     @rank_zero_only
     def log_params(self, params: Mapping[str, Any] | Namespace | Any) -> None:
         """Record params, flattened with ``/``; secrets redacted; see the README for the policies."""
+        self._ensure_started()
         self._guarded("log_params", self._run.log_params, params)
 
     @rank_zero_only
     def set_tags(self, tags: Mapping[str, Any]) -> None:
+        self._ensure_started()
         self._guarded("set_tags", self._run.set_tags, tags)
 
     @rank_zero_only
     def log_figure(self, figure: Any, name: str, step: int | None = None, close: bool = True) -> None:
-        """A matplotlib Figure (or PIL image / image array) as PNG: MLflow artifact and W&B image."""
+        """A matplotlib Figure (or PIL image / image array) as PNG: MLflow artifact and W&B image.
+
+        The same ``name`` logged again without a ``step`` is kept too (numbered 1, 2, ... as its step)."""
+        name = str(name)
+        if name.lower().endswith(".png"):
+            name = name[:-4]
+        if step is None:
+            seen = self._figure_counts.get(name, 0)
+            self._figure_counts[name] = seen + 1
+            step = seen or None
         self.log_image(figure, name, step=step, close=close)
 
     @rank_zero_only
-    def log_image(self, image: Any, name: str, step: int | None = None, caption: str | None = None, close: bool = False) -> None:
-        """An image (PIL, HxW[xC] array, tensor or figure) as PNG. ``log_image(key, [images])`` (the order
-        of Lightning's ``WandbLogger``) logs each image as ``key`` (one) or ``key_0``, ``key_1``..."""
+    def log_image(
+        self, image: Any = None, name: Any = None, step: int | None = None, caption: Any = None, close: bool = False,
+        *, key: str | None = None, images: Any = None,
+    ) -> None:
+        """An image (PIL, HxW[xC] array, tensor or figure) as PNG. WandbLogger's ``log_image(key=, images=[...],
+        step=, caption=[...])`` and ``log_image(key, [images])`` log each image as ``key`` (one) or ``key_0``..."""
         self._ensure_started()
+        if key is not None or images is not None:
+            for k, img, cap in compat.split_images(str(key if key is not None else name), images if images is not None else image, caption):
+                self._guarded("log_image", self._run.log_image, img, k, step, cap, close)
+            return
         self._guarded("log_image", self._run.log_image, image, name, step, caption, close)
 
     @rank_zero_only
-    def log_table(self, key: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], step: int | None = None) -> None:
-        """A table: JSON artifact in MLflow, ``wandb.Table`` in W&B. Image cells (PIL/arrays) become images."""
+    def log_table(
+        self, key: str, columns: Sequence[str] | None = None, rows: Sequence[Sequence[Any]] | None = None, step: int | None = None,
+        *, data: Any = None, dataframe: Any = None,
+    ) -> None:
+        """A table: JSON artifact in MLflow, ``wandb.Table`` in W&B. Image cells (PIL/arrays) become images.
+        WandbLogger's ``data=`` and ``dataframe=`` (pandas) are accepted."""
         self._ensure_started()
-        self._append(self._guarded("log_table", self._run.payloads.table, str(key), columns, rows, step))
+        table = self._guarded("log_table", compat.table_rows, columns, rows, data, dataframe)
+        if table is not None:
+            self._append(self._guarded("log_table", self._run.payloads.table, str(key), table[0], table[1], step))
 
     @rank_zero_only
-    def log_text(self, text: str, name: str) -> None:
-        """A text file artifact (``name`` like ``notes/summary.txt``) in both backends."""
+    def log_text(
+        self, text: Any = None, name: str | None = None, *, key: str | None = None, columns: Sequence[str] | None = None,
+        data: Any = None, dataframe: Any = None, step: int | None = None,
+    ) -> None:
+        """A text file artifact (``name`` like ``notes/summary.txt``) in both backends; WandbLogger's
+        ``log_text(key=, columns=, data=|dataframe=)`` is a table of text."""
+        if key is not None:
+            self.log_table(key, columns, None, step, data=data, dataframe=dataframe)
+            return
         self._ensure_started()
         self._append(self._guarded("log_text", self._run.payloads.text, text, name))
+
+    @rank_zero_only
+    def watch(self, model: Any, log: str | None = "gradients", log_freq: int = 100, log_graph: bool = False) -> None:
+        """WandbLogger's ``watch``: every ``log_freq`` steps, norm/mean/std of each parameter's gradient
+        (``log="gradients"``), value (``"parameters"``) or both (``"all"``) as metrics in both backends."""
+        self._watcher = compat.Watcher(model, log, log_freq)
 
     @rank_zero_only
     def log_dict(self, data: Mapping[str, Any], name: str) -> None:
@@ -296,11 +360,19 @@ class DualTrackLogger(Logger):
 
     @rank_zero_only
     def register_model(
-        self, model_name: str, model_uri: str | None = None, description: str | None = None, aliases: Sequence[str] = (), artifact_path: str = "model"
-    ) -> None:
-        """Register a logged model (``artifact_path`` of this run, or ``model_uri``) in the MLflow registry."""
+        self, model_name: str, model_uri: str | None = None, description: str | None = None, aliases: Sequence[str] = (),
+        artifact_path: str = "model", wait: bool = True,
+    ) -> tuple[str, str | None] | None:
+        """Register a logged model (``artifact_path`` of this run, or ``model_uri``: ``runs:/last/<path>`` is this
+        run's) in the MLflow registry. Returns ``(name, version)`` once the delivery process has registered it
+        (blocking, at most 60 s; version None after that or with ``wait=False``). A bad URI raises ``ValueError``."""
+        compat.check_model_uri(model_uri)
         self._ensure_started()
         self._append(records.register(model_name, model_uri, artifact_path, description, aliases))
+        if not self._config.mlflow_enabled:
+            return None
+        version = compat.wait_for_version(self._config.tracking_uri, model_name, self.mlflow_run_id) if wait else None
+        return model_name, version
 
     @rank_zero_only
     def push_to_hub(
@@ -344,7 +416,7 @@ class DualTrackLogger(Logger):
 
     def _atexit(self) -> None:
         if self._run.journal is not None and not self._run.finalized:
-            self.finalize("success")
+            self.finalize(exit_status())
 
     def _shipper_env(self) -> dict[str, str]:
         return shipper_env(self._config.tracking_uri, self._config.mlflow_user, self._config.mlflow_password)

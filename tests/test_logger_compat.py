@@ -1,8 +1,4 @@
-"""Issue 11 items that need a change inside ``DualTrackLogger`` (not made on this branch).
-
-Each test is ``xfail(strict=True)``: it fails today for the reason given, and turns into a failure ("XPASS") the
-day the logger does what it asks -- then drop the marker. Checked at the backends (a real mlflow server).
-"""
+"""Drop-in habits of MLFlowLogger / WandbLogger users (issue 11), checked at the backends (a real mlflow server)."""
 
 from __future__ import annotations
 
@@ -15,10 +11,6 @@ import pytest
 
 from lightning_dualtrack import DualTrackLogger
 from lightning_dualtrack.logger import DualTrackWarning
-
-
-def _needs(change: str):
-    return pytest.mark.xfail(strict=True, reason=f"needs logger change: {change}")
 
 
 def _logger(server, **kwargs) -> DualTrackLogger:
@@ -34,7 +26,6 @@ def _mlflow_run(server, logger: DualTrackLogger):
     return client, run
 
 
-@_needs("DualTrackLogger(prefix=...) joined with '-' like MLFlowLogger/WandbLogger (LOGGER_JOIN_CHAR)")
 def test_prefix_joins_metric_keys(mlflow_server) -> None:
     logger = _logger(mlflow_server, prefix="train")
     logger.log_metrics({"loss": 1.0}, step=0)
@@ -43,7 +34,6 @@ def test_prefix_joins_metric_keys(mlflow_server) -> None:
     assert "train-loss" in run.data.metrics
 
 
-@_needs("experiment_id property (the MLflow experiment id, like MLFlowLogger.experiment_id)")
 def test_experiment_id(mlflow_server) -> None:
     logger = _logger(mlflow_server)
     logger.log_metrics({"x": 1.0}, step=0)
@@ -52,7 +42,6 @@ def test_experiment_id(mlflow_server) -> None:
     assert logger.experiment_id == run.info.experiment_id
 
 
-@_needs("run_id=<existing MLflow run id> continues that MLflow run (MLFlowLogger semantics)")
 def test_existing_mlflow_run_id_continues_that_run(mlflow_server) -> None:
     from mlflow.tracking import MlflowClient
 
@@ -65,7 +54,6 @@ def test_existing_mlflow_run_id_continues_that_run(mlflow_server) -> None:
     assert "continued" in client.get_run(existing).data.metrics
 
 
-@_needs("mlflow_run_id known as soon as the run exists, within a bounded wait (not only after the shipper wrote it)")
 def test_mlflow_run_id_known_right_after_start(mlflow_server) -> None:
     logger = _logger(mlflow_server)
     logger.start_run()
@@ -75,13 +63,11 @@ def test_mlflow_run_id_known_right_after_start(mlflow_server) -> None:
         logger.finalize("success")
 
 
-@_needs("MLFLOW_EXPERIMENT_NAME read by the logger when experiment_name is not given")
 def test_mlflow_experiment_name_env(monkeypatch) -> None:
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "from_env")
     assert DualTrackLogger(start_shipper=False).name == "from_env"
 
 
-@_needs("re-logging equal hparams is a no-op: compare normalised values, not reprs holding memory addresses")
 def test_relogging_an_object_hparam_is_a_noop(tmp_path: Path) -> None:
     class Augment:  # default repr: <...Augment object at 0x...>
         pass
@@ -95,7 +81,6 @@ def test_relogging_an_object_hparam_is_a_noop(tmp_path: Path) -> None:
     assert not [w for w in caught if issubclass(w.category, DualTrackWarning)]
 
 
-@_needs("WandbLogger's log_image(key=, images=[...], step=, caption=[...])")
 def test_wandb_style_log_image(mlflow_server) -> None:
     logger = _logger(mlflow_server)
     logger.log_image(key="samples", images=[np.zeros((8, 8, 3), np.uint8), np.ones((8, 8, 3), np.uint8)], step=1,
@@ -105,7 +90,6 @@ def test_wandb_style_log_image(mlflow_server) -> None:
     assert len(client.list_artifacts(run.info.run_id, "images")) >= 1
 
 
-@_needs("WandbLogger's log_table(key, columns=, data=, dataframe=, step=)")
 def test_wandb_style_log_table(mlflow_server) -> None:
     logger = _logger(mlflow_server)
     logger.log_table(key="preds", columns=["id", "label"], data=[[1, "a"], [2, "b"]], step=0)
@@ -114,7 +98,6 @@ def test_wandb_style_log_table(mlflow_server) -> None:
     assert client.list_artifacts(run.info.run_id, "tables")
 
 
-@_needs("WandbLogger's log_text(key, columns=, data=, dataframe=, step=)")
 def test_wandb_style_log_text(mlflow_server) -> None:
     logger = _logger(mlflow_server)
     logger.log_text(key="notes", columns=["text"], data=[["hello"]])
@@ -123,7 +106,6 @@ def test_wandb_style_log_text(mlflow_server) -> None:
     assert client.list_artifacts(run.info.run_id)
 
 
-@_needs("watch(model, log=, log_freq=): gradient/parameter statistics")
 def test_watch_exists(tmp_path: Path) -> None:
     import torch
 
@@ -131,7 +113,6 @@ def test_watch_exists(tmp_path: Path) -> None:
     logger.watch(torch.nn.Linear(2, 2), log="all", log_freq=10)
 
 
-@_needs("register_model returns (registered name, version) and resolves runs:/last/<path>")
 def test_register_model_returns_name_and_version(mlflow_server) -> None:
     import torch
 
@@ -142,7 +123,6 @@ def test_register_model_returns_name_and_version(mlflow_server) -> None:
     assert result is not None and result[1] == "1"
 
 
-@_needs("log_figure per step: a repeated name is kept per step (no '.png.png', W&B image at its step)")
 def test_log_figure_in_a_loop_keeps_each(mlflow_server) -> None:
     import matplotlib
 
@@ -161,7 +141,6 @@ def test_log_figure_in_a_loop_keeps_each(mlflow_server) -> None:
 
 
 @pytest.mark.slow
-@_needs("after_save_checkpoint keeps every ModelCheckpoint callback (today: the last one that saved)")
 def test_every_model_checkpoint_callback_is_logged(mlflow_server, tmp_path: Path) -> None:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -175,3 +154,35 @@ def test_every_model_checkpoint_callback_is_logged(mlflow_server, tmp_path: Path
     client, run = _mlflow_run(mlflow_server, logger)
     names = [Path(a.path).name for a in client.list_artifacts(run.info.run_id, "checkpoints")]
     assert any(n.startswith("best-") for n in names) and any(n.startswith("latest-") for n in names), names
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["uncaught", "spawned_worker"])
+def test_a_run_left_open_by_a_failure_ends_failed(mlflow_server, tmp_path: Path, how: str) -> None:
+    """atexit ends an open run FAILED after an uncaught exception, and in a spawned worker (ddp_spawn: on
+    success Lightning finalizes the worker's logger itself, so an open run at exit is a failed one)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    name = f"compat_{uuid.uuid4().hex[:8]}"
+    body = f"""
+        from lightning_dualtrack import DualTrackLogger
+        logger = DualTrackLogger(experiment_name={name!r}, tracking_uri={mlflow_server.url!r}, wandb=False,
+                                 save_dir={str(tmp_path / 'runs')!r}, log_system_info=False)
+        logger.log_metrics({{"x": 1.0}}, step=0)
+    """
+    if how == "uncaught":
+        script = textwrap.dedent(body) + "raise RuntimeError('training diverged')\n"
+    else:
+        script = "import multiprocessing as mp\n\ndef work():\n" + textwrap.indent(textwrap.dedent(body), "    ") + (
+            "\nif __name__ == '__main__':\n    p = mp.get_context('spawn').Process(target=work)\n    p.start()\n    p.join()\n")
+    path = tmp_path / "script.py"
+    path.write_text(script)
+    import os
+
+    env = {**os.environ, "MASTER_PORT": "29512"} if how == "spawned_worker" else None  # as ddp_spawn's workers have
+    proc = subprocess.run([sys.executable, str(path)], cwd=tmp_path, timeout=120, capture_output=True, text=True, env=env)
+    assert proc.returncode != 0 or how == 'spawned_worker', proc.stderr[-2000:]
+    _, run = _mlflow_run(mlflow_server, DualTrackLogger(experiment_name=name, start_shipper=False))
+    assert run.info.status == "FAILED" and run.data.metrics["x"] == 1.0

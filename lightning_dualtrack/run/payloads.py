@@ -248,7 +248,8 @@ class Payloads:
         from lightning.pytorch.loggers.utilities import _scan_checkpoints
 
         out = []
-        best = getattr(checkpoint_callback, "best_model_path", None)
+        # "best" only where a metric decides it: a callback without ``monitor`` calls its latest save "best"
+        best = getattr(checkpoint_callback, "best_model_path", None) if getattr(checkpoint_callback, "monitor", None) else None
         for mtime, path, score, _tag in _scan_checkpoints(checkpoint_callback, self.logged_ckpt_time):
             src = Path(path)
             name = redact_string(src.name, KEY_MASK)

@@ -20,6 +20,7 @@ journalled so every replay by ``dualtrack sync`` stores the same. The rules impo
 
 from __future__ import annotations
 
+import re
 import sys
 import warnings
 from collections.abc import Callable
@@ -149,6 +150,17 @@ class ParamUpdate:
         self.latest: dict[str, Any] = {}  # changed params: W&B's config keeps the latest under the key
 
 
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def same_param(old: Any, new: Any) -> bool:
+    """Equal as stored: a repr that differs only in a memory address (``<Augment object at 0x7f...>``, a new
+    object with the same settings in a second fit) is the same setting, not a changed one."""
+    if old == new:
+        return True
+    return isinstance(old, str) and isinstance(new, str) and _ADDRESS.sub("", old) == _ADDRESS.sub("", new)
+
+
 class ParamRules:
     """Flatten, redact and version params; remembers what was stored (restored on resume)."""
 
@@ -182,7 +194,7 @@ class ParamRules:
                 )
                 self.aliases[key] = key = alias
             if key in self.values:
-                if self.values[key] == value:
+                if same_param(self.values[key], value):
                     continue
                 new_key = self._rename(key, value)
                 out.latest[key] = value

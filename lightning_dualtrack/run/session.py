@@ -268,10 +268,10 @@ class Run:
         return url
 
     # -- the end ----------------------------------------------------------------------------------------
-    def finalize(self, status: str, checkpoint_callback: Any = None) -> dict[str, dict[str, Any]] | None:
+    def finalize(self, status: str, checkpoint_callbacks: Any = ()) -> dict[str, dict[str, Any]] | None:
         if self.journal is None or self.finalized:
             return None
-        if checkpoint_callback is not None:
+        for checkpoint_callback in checkpoint_callbacks:
             for rec in self.payloads.checkpoints(checkpoint_callback):
                 self.append(rec)
         self.finalized = True

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from lightning_dualtrack.redact import strip_url_credentials
 from lightning_dualtrack.sinks.base import AlreadyExists, PermanentError, RunContext, Sink, TooLargeError
 from lightning_dualtrack.sinks.mlflow_api import ClientApi, RestApi
 
+_MLFLOW_RUN_ID = re.compile(r"[0-9a-f]{32}")
 MAX_METRICS = 1000
 MAX_PARAMS = 100
 MAX_TAGS = 100
@@ -115,9 +117,13 @@ class MlflowSink(Sink):
     # -- run lifecycle -------------------------------------------------------------------------
     def open(self, state: dict[str, Any]) -> dict[str, Any]:
         s = self.ctx.settings
-        self.experiment_id = state.get("experiment_id") or self.api.experiment_id(s["experiment_name"])
+        existing = None
+        if not state.get("run_id") and _MLFLOW_RUN_ID.fullmatch(self.ctx.run_id):
+            # run_id=<an MLflow run id> (MLFlowLogger's meaning): continue that run, in its own experiment
+            existing = self.api.run_experiment_id(self.ctx.run_id)
+        self.experiment_id = state.get("experiment_id") or existing or self.api.experiment_id(s["experiment_name"])
         # A create whose answer was lost must not make a second run: look for ours first.
-        run_id = state.get("run_id") or self.api.find_run(self.experiment_id, self.ctx.run_id)
+        run_id = state.get("run_id") or (self.ctx.run_id if existing else None) or self.api.find_run(self.experiment_id, self.ctx.run_id)
         if run_id is None:
             tags = {"dualtrack.run_id": self.ctx.run_id, "dualtrack.run_dir": str(self.ctx.run_dir.resolve())}
             for key, value in (s.get("tags") or {}).items():
@@ -311,8 +317,11 @@ class MlflowSink(Sink):
             self.client_api.call(client.create_registered_model, name)
         except AlreadyExists:
             pass  # a second run (or a replay) registering the same name: idempotent on every store
-        if rec.get("model_uri"):
-            source = rec["model_uri"]
+        uri = rec.get("model_uri")
+        if uri and uri.startswith("runs:/last/"):  # this run's latest: the artifact path inside this run
+            uri, rec = None, {**rec, "ap": uri[len("runs:/last/"):].strip("/")}
+        if uri:
+            source = uri
         else:
             run = self.client_api.call(client.get_run, self.run_id)
             source = f"{run.info.artifact_uri.rstrip('/')}/{rec['ap']}"

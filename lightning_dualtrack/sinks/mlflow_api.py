@@ -95,6 +95,16 @@ class RestApi:
         ).get("runs", [])
         return found[0]["info"]["run_id"] if found else None
 
+    def run_experiment_id(self, run_id: str) -> str | None:
+        """The experiment of an existing, not deleted run; None if there is no such run."""
+        try:
+            info = self._call("GET", "runs/get", params={"run_id": run_id})["run"]["info"]
+        except Exception as err:  # noqa: BLE001 - only "does not exist" means no such run
+            if "RESOURCE_DOES_NOT_EXIST" in str(err):
+                return None
+            raise
+        return None if info.get("lifecycle_stage") == "deleted" else info["experiment_id"]
+
     def artifact_uri(self, run_id: str) -> str:
         return self._call("GET", "runs/get", params={"run_id": run_id})["run"]["info"]["artifact_uri"]
 
@@ -182,6 +192,15 @@ class ClientApi:
             return self.call(self.client.create_experiment, name)
         except AlreadyExists:
             return self.call(self.client.get_experiment_by_name, name).experiment_id
+
+    def run_experiment_id(self, run_id: str) -> str | None:
+        try:
+            run = self.call(self.client.get_run, run_id)
+        except Exception as err:  # noqa: BLE001 - only "does not exist" means no such run
+            if "RESOURCE_DOES_NOT_EXIST" in str(err) or "not found" in str(err).lower():
+                return None
+            raise
+        return None if run.info.lifecycle_stage == "deleted" else run.info.experiment_id
 
     def find_run(self, experiment_id: str, dualtrack_run_id: str) -> str | None:
         found = self.call(
