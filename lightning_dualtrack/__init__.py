@@ -15,12 +15,28 @@ _LAZY = {
     "DualTrackLogger": "lightning_dualtrack.logger",
     "DualTrackWarning": "lightning_dualtrack.logger",
     "create_tracker": "lightning_dualtrack.logger",
+    "ExperimentTracker": "lightning_dualtrack.trackers",
+    "MLflowTracker": "lightning_dualtrack.trackers",
+    "MultiTracker": "lightning_dualtrack.trackers",
+    "WandbTracker": "lightning_dualtrack.trackers",
+    "from_config": "lightning_dualtrack.trackers",
 }
 
-__all__ = ["DualTrackLogger", "DualTrackWarning", "__version__", "create_tracker"]
+__all__ = [
+    "DualTrackLogger",
+    "DualTrackWarning",
+    "ExperimentTracker",
+    "MLflowTracker",
+    "MultiTracker",
+    "WandbTracker",
+    "__version__",
+    "create_tracker",
+    "from_config",
+]
 
 if TYPE_CHECKING:  # pragma: no cover
     from lightning_dualtrack.logger import DualTrackLogger, DualTrackWarning, create_tracker
+    from lightning_dualtrack.trackers import ExperimentTracker, MLflowTracker, MultiTracker, WandbTracker, from_config
 
 
 def __getattr__(name: str) -> Any:

@@ -34,6 +34,7 @@ from lightning_dualtrack.run import compat
 from lightning_dualtrack.run.compat import exit_status, wait_for_identity
 from lightning_dualtrack.run.config import DEFAULT_TRACKING_URI, new_run_id, resolve_config
 from lightning_dualtrack.run.lifecycle import shipper_env
+from lightning_dualtrack.run.media_api import MediaLogging
 from lightning_dualtrack.run.policy import DualTrackWarning
 from lightning_dualtrack.run.session import Run
 from lightning_dualtrack.sinks.base import RUN_FILE
@@ -43,7 +44,7 @@ __all__ = ["DEFAULT_TRACKING_URI", "DualTrackLogger", "DualTrackWarning", "creat
 WandbMode = Literal["online", "offline", "disabled"]
 
 
-class DualTrackLogger(Logger):
+class DualTrackLogger(MediaLogging, Logger):
     """Log to MLflow and Weights & Biases at once, without slowing training or losing data.
 
     Args:
@@ -218,6 +219,14 @@ class DualTrackLogger(Logger):
             self._checkpoint_callbacks[id(checkpoint_callback)] = checkpoint_callback
 
     # -- tracker API (direct use) -------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, path: str | os.PathLike, **overrides: Any) -> DualTrackLogger:
+        """A logger from a tracking config file (seed 2's ``mlflow:`` layout and a ``wandb:`` section beside it),
+        with its typed schema enforced; see :func:`lightning_dualtrack.trackers.from_config`."""
+        from lightning_dualtrack.trackers import from_config
+
+        return from_config(path, **overrides)
+
     def start_run(self, run_name: str | None = None) -> DualTrackLogger:
         """Start (or resume) the run; returns the logger. Called for you on first use."""
         if run_name is not None and self._run.journal is None:
@@ -250,85 +259,6 @@ class DualTrackLogger(Logger):
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         self._ensure_started()
         self._guarded("set_tags", self._run.set_tags, tags)
-
-    @rank_zero_only
-    def log_figure(self, figure: Any, name: str, step: int | None = None, close: bool = True) -> None:
-        """A matplotlib Figure (or PIL image / image array) as PNG: MLflow artifact and W&B image.
-
-        The same ``name`` logged again without a ``step`` is kept too (numbered 1, 2, ... as its step)."""
-        name = str(name)
-        if name.lower().endswith(".png"):
-            name = name[:-4]
-        if step is None:
-            seen = self._figure_counts.get(name, 0)
-            self._figure_counts[name] = seen + 1
-            step = seen or None
-        self.log_image(figure, name, step=step, close=close)
-
-    @rank_zero_only
-    def log_image(
-        self, image: Any = None, name: Any = None, step: int | None = None, caption: Any = None, close: bool = False,
-        *, key: str | None = None, images: Any = None,
-    ) -> None:
-        """An image (PIL, HxW[xC] array, tensor or figure) as PNG. WandbLogger's ``log_image(key=, images=[...],
-        step=, caption=[...])`` and ``log_image(key, [images])`` log each image as ``key`` (one) or ``key_0``..."""
-        self._ensure_started()
-        if key is not None or images is not None:
-            for k, img, cap in compat.split_images(str(key if key is not None else name), images if images is not None else image, caption):
-                self._guarded("log_image", self._run.log_image, img, k, step, cap, close)
-            return
-        self._guarded("log_image", self._run.log_image, image, name, step, caption, close)
-
-    @rank_zero_only
-    def log_table(
-        self, key: str, columns: Sequence[str] | None = None, rows: Sequence[Sequence[Any]] | None = None, step: int | None = None,
-        *, data: Any = None, dataframe: Any = None,
-    ) -> None:
-        """A table: JSON artifact in MLflow, ``wandb.Table`` in W&B. Image cells (PIL/arrays) become images.
-        WandbLogger's ``data=`` and ``dataframe=`` (pandas) are accepted."""
-        self._ensure_started()
-        table = self._guarded("log_table", compat.table_rows, columns, rows, data, dataframe)
-        if table is not None:
-            self._append(self._guarded("log_table", self._run.payloads.table, str(key), table[0], table[1], step))
-
-    @rank_zero_only
-    def log_text(
-        self, text: Any = None, name: str | None = None, *, key: str | None = None, columns: Sequence[str] | None = None,
-        data: Any = None, dataframe: Any = None, step: int | None = None,
-    ) -> None:
-        """A text file artifact (``name`` like ``notes/summary.txt``) in both backends; WandbLogger's
-        ``log_text(key=, columns=, data=|dataframe=)`` is a table of text."""
-        if key is not None:
-            self.log_table(key, columns, None, step, data=data, dataframe=dataframe)
-            return
-        self._ensure_started()
-        self._append(self._guarded("log_text", self._run.payloads.text, text, name))
-
-    @rank_zero_only
-    def watch(self, model: Any, log: str | None = "gradients", log_freq: int = 100, log_graph: bool = False) -> None:
-        """WandbLogger's ``watch``: every ``log_freq`` steps, norm/mean/std of each parameter's gradient
-        (``log="gradients"``), value (``"parameters"``) or both (``"all"``) as metrics in both backends."""
-        self._watcher = compat.Watcher(model, log, log_freq)
-
-    @rank_zero_only
-    def log_dict(self, data: Mapping[str, Any], name: str) -> None:
-        """A JSON artifact in both backends."""
-        self._ensure_started()
-        self._append(self._guarded("log_dict", self._run.payloads.dict, data, str(name)))
-
-    @rank_zero_only
-    def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
-        """Copy a file or directory into the run and upload it to both backends."""
-        self._ensure_started()
-        self._append(self._guarded("log_artifact", self._run.payloads.artifact, path, artifact_path))
-
-    @rank_zero_only
-    def log_confusion_matrix(
-        self, conf_matrix: Any, class_names: Sequence[str], title: str = "Confusion matrix", step: int | None = None, key: str = "confusion_matrix"
-    ) -> None:
-        """A confusion matrix: JSON + CSV + PNGs (counts, row-normalised) in MLflow; W&B's native chart."""
-        self._ensure_started()
-        self._append(self._guarded("log_confusion_matrix", self._run.payloads.confusion_matrix, conf_matrix, class_names, title, step, key))
 
     @rank_zero_only
     def log_model(

@@ -28,7 +28,10 @@ def records(logger: DualTrackLogger, kind: str) -> list[dict]:
 
 
 def test_public_api_is_exactly_these_names() -> None:
-    assert sorted(lightning_dualtrack.__all__) == ["DualTrackLogger", "DualTrackWarning", "__version__", "create_tracker"]
+    assert lightning_dualtrack.__all__ == [
+        "DualTrackLogger", "DualTrackWarning", "ExperimentTracker", "MLflowTracker", "MultiTracker", "WandbTracker",
+        "__version__", "create_tracker", "from_config",
+    ]
     for name in lightning_dualtrack.__all__:
         assert getattr(lightning_dualtrack, name) is not None
 
