@@ -275,7 +275,7 @@ def test_mlflow_and_wandb_env_vars_beat_recipe_values(monkeypatch) -> None:
     monkeypatch.setenv("WANDB_PROJECT", "project_from_env")
     overlay = RECIPES / "tracking" / "remote_mlflow.yaml"  # names a tracking_uri of its own
     logger = _cli(["--config", str(RECIPES / "quickstart.yaml"), "--config", str(overlay)]).trainer.logger
-    assert (logger.name, logger.tracking_uri, logger._wandb_project) == ("from_env", "http://127.0.0.1:9", "project_from_env")
+    assert (logger.name, logger.tracking_uri, logger._config.wandb_project) == ("from_env", "http://127.0.0.1:9", "project_from_env")
 
 
 def test_without_env_the_recipe_decides() -> None:
@@ -305,11 +305,11 @@ def test_tracking_config_flag_sets_the_logger(tmp_path: Path) -> None:
     cli = _cli(["--config", str(RECIPES / "quickstart.yaml"), "--tracking_config", str(path)])
     logger = cli.trainer.logger
     assert isinstance(logger, ExperimentTracker) and cli.trainer.loggers == [logger]
-    assert (logger.name, logger.tracking_uri, logger._run_name) == ("seed2_experiment", "http://127.0.0.1:9", "from_file")
-    assert (logger._wandb_project, logger._wandb_enabled) == ("seed2_project", False)  # mode: disabled
+    assert (logger.name, logger.tracking_uri, logger._config.run_name) == ("seed2_experiment", "http://127.0.0.1:9", "from_file")
+    assert (logger._config.wandb_project, logger._wandb_enabled) == ("seed2_project", False)  # mode: disabled
     assert logger.schema.parameters == {"trainer/max_epochs": "int"}
-    assert logger._log_model is True and logger.root_dir == "dualtrack_runs"  # the recipe's other settings stay
+    assert logger._config.log_model is True and logger.root_dir == "dualtrack_runs"  # the recipe's other settings stay
     # the command line beats the file
     cli = _cli(["--config", str(RECIPES / "quickstart.yaml"), "--tracking_config", str(path), "--experiment_name", "flag",
                 "--trainer.logger.init_args.run_name=cli_name"])
-    assert (cli.trainer.logger.name, cli.trainer.logger._run_name) == ("flag", "cli_name")
+    assert (cli.trainer.logger.name, cli.trainer.logger._config.run_name) == ("flag", "cli_name")

@@ -57,7 +57,8 @@ def test_server_keeps_runs_and_http_artifacts_across_restart(
     client.log_artifact(run_id, str(tmp_path / "notes.txt"))
     artifact_uri = client.get_run(run_id).info.artifact_uri
     assert artifact_uri.startswith("mlflow-artifacts:")  # proxied: uploaded over HTTP
-    assert [p.read_text() for p in mlflow_server.artifacts_dir.rglob("notes.txt")] == ["hello"]
+    # this run's copy on the server's disk (other tests of the session upload files of that name too)
+    assert [p.read_text() for p in mlflow_server.artifacts_dir.rglob(f"*{run_id}*/**/notes.txt")] == ["hello"]
 
     port = mlflow_server.port
     mlflow_server.stop()

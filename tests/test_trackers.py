@@ -93,14 +93,14 @@ def test_multi_tracker_is_one_run_in_both_backends(mlflow_server) -> None:
     w = wandb_run(tracker.run_dir, tracker.run_id)
     assert w.config["lr"] == 0.1 and w.config["mlflow/run_id"] == run.info.run_id
     assert [row["loss"] for row in w.history if "loss" in row] == pytest.approx([1.0, 0.5, 1 / 3])
-    assert tracker._wandb_project == "har_project"
+    assert tracker._config.wandb_project == "har_project"
 
 
 def test_single_backend_trackers_choose_their_backend() -> None:
     m = MLflowTracker("exp", tracking_uri="http://127.0.0.1:9")
     assert (m._mlflow_enabled, m._wandb_enabled, m.name, m.tracking_uri) == (True, False, "exp", "http://127.0.0.1:9")
     w = WandbTracker("proj", entity="team", mode="offline")
-    assert (w._mlflow_enabled, w._wandb_enabled, w._wandb_project, w._wandb_mode) == (False, True, "proj", "offline")
+    assert (w._mlflow_enabled, w._wandb_enabled, w._config.wandb_project, w._wandb_mode) == (False, True, "proj", "offline")
     with pytest.raises(TypeError, match="MLflowTracker/WandbTracker"):
         MultiTracker([object()])
 
@@ -129,10 +129,10 @@ def test_from_config_reads_the_seed_layout(tmp_path: Path) -> None:
         "    parameters:\n      - {name: batch_size, type: int}\n"
     )
     tracker = from_config(path)
-    assert (tracker.name, tracker.tracking_uri, tracker._run_name) == ("har", "http://127.0.0.1:9", "baseline")
+    assert (tracker.name, tracker.tracking_uri, tracker._config.run_name) == ("har", "http://127.0.0.1:9", "baseline")
     assert tracker._wandb_enabled is False  # no wandb: section
     assert tracker.schema.parameters == {"batch_size": "int"} and tracker.schema.metrics == {"accuracy": "float"}
     path.write_text(path.read_text() + "wandb:\n  project: har_wb\n  mode: offline\n")
     tracker = from_config(path, run_name="override")
-    assert (tracker._wandb_enabled, tracker._wandb_project, tracker._wandb_mode) == (True, "har_wb", "offline")
-    assert tracker._run_name == "override"  # an explicit argument beats the file
+    assert (tracker._wandb_enabled, tracker._config.wandb_project, tracker._wandb_mode) == (True, "har_wb", "offline")
+    assert tracker._config.run_name == "override"  # an explicit argument beats the file

@@ -250,7 +250,7 @@ def _rename_vs_user_key(run: DualTrackLogger, e: Expect) -> None:
 def _check_reserved(result: dict) -> None:
     w = read_runs(result["run_dir"], result["run_id"])
     assert [row.get("trainer/global_step") for row in w.history if "ok" in row] == [4]  # the step, not the user's 99
-    assert {k for k in _mlflow_keys(result) if not k.startswith("dualtrack/")} == {"ok"}  # the shipper adds its own dualtrack/* health metrics
+    assert {k for k in _mlflow_keys(result) if not k.startswith("system/dualtrack/")} == {"ok"}  # the shipper adds its own health metrics
 
 
 def _mlflow_keys(result: dict) -> set[str]:
