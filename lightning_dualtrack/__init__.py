@@ -36,7 +36,13 @@ __all__ = [
 
 if TYPE_CHECKING:  # pragma: no cover
     from lightning_dualtrack.logger import DualTrackLogger, DualTrackWarning, create_tracker
-    from lightning_dualtrack.trackers import ExperimentTracker, MLflowTracker, MultiTracker, WandbTracker, from_config
+    from lightning_dualtrack.trackers import (
+        ExperimentTracker,
+        MLflowTracker,
+        MultiTracker,
+        WandbTracker,
+        from_config,
+    )
 
 
 def __getattr__(name: str) -> Any:
