@@ -193,7 +193,7 @@ class DualTrackLogger(MediaLogging, Logger):
         if self._prefix:
             metrics = _add_prefix(metrics, self._prefix, "-")  # Lightning's LOGGER_JOIN_CHAR
         if self._watcher is not None and self._watcher.due(step):
-            metrics = compat.merge(metrics, self._guarded("watch", self._watcher.stats) or {})
+            metrics = {**metrics, **(self._guarded("watch", self._watcher.stats) or {})}
         self._run.log_metrics(metrics, step)
 
     @rank_zero_only

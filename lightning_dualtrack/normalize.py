@@ -138,12 +138,9 @@ def _plain(value: Any, walk: _Walk | None = None, path: str = "", depth: int = 0
         return _plain(value.item(), walk, path, depth)
     if isinstance(value, (list, tuple, set, frozenset)):
         walk = walk or _Walk(None)
-        if id(value) in walk.active:
-            walk.problem(f"param {short(path)!r} contains itself (a cycle); the inner reference is stored as {CYCLE_MARK!r}")
-            return CYCLE_MARK
-        if depth >= MAX_VALUE_DEPTH:
-            walk.problem(f"param {short(path)!r} nests lists deeper than {MAX_VALUE_DEPTH} levels; the rest is stored as {DEPTH_MARK!r}")
-            return DEPTH_MARK
+        stop = _cut(walk, value, path, depth, f"nests lists deeper than {MAX_VALUE_DEPTH} levels")
+        if stop is not None:
+            return stop
         items = sorted(value, key=repr) if isinstance(value, (set, frozenset)) else value
         walk.active.add(id(value))
         try:
@@ -247,17 +244,25 @@ def _describe(parts: tuple[str, ...]) -> str:
     return repr(short(parts[0])) if len(parts) == 1 else short(" -> ".join(repr(p) for p in parts))
 
 
+def _cut(walk: _Walk, container: Any, path: str, depth: int, too_deep: str) -> str | None:
+    """The marker that replaces ``container`` when it is already being walked (a cycle) or too deep; else None."""
+    if id(container) in walk.active:
+        walk.problem(f"param {short(path)!r} contains itself (a cycle); the inner reference is stored as {CYCLE_MARK!r}")
+        return CYCLE_MARK
+    if depth >= MAX_VALUE_DEPTH:
+        walk.problem(f"param {short(path)!r} {too_deep}; the rest is stored as {DEPTH_MARK!r}")
+        return DEPTH_MARK
+    return None
+
+
 def _jsonable_tree(value: Any, walk: _Walk | None = None, path: str = "", depth: int = 0) -> Any:
     walk = walk or _Walk(None)
     sub = _as_mapping(value)
     if sub is None:
         return _plain(value, walk, path, depth)
-    if id(sub) in walk.active:
-        walk.problem(f"param {short(path)!r} contains itself (a cycle); the inner reference is stored as {CYCLE_MARK!r}")
-        return CYCLE_MARK
-    if depth >= MAX_VALUE_DEPTH:
-        walk.problem(f"param {short(path)!r} nests deeper than {MAX_FLAT_DEPTH + MAX_VALUE_DEPTH} levels; the rest is stored as {DEPTH_MARK!r}")
-        return DEPTH_MARK
+    stop = _cut(walk, sub, path, depth, f"nests deeper than {MAX_FLAT_DEPTH + MAX_VALUE_DEPTH} levels")
+    if stop is not None:
+        return stop
     walk.active.add(id(sub))
     try:
         return {str(k): _jsonable_tree(v, walk, f"{path}/{k}", depth + 1) for k, v in sub.items()}

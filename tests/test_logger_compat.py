@@ -106,11 +106,23 @@ def test_wandb_style_log_text(mlflow_server) -> None:
     assert client.list_artifacts(run.info.run_id)
 
 
-def test_watch_exists(tmp_path: Path) -> None:
+def test_watch_logs_gradient_and_parameter_statistics_every_log_freq_steps(tmp_path: Path) -> None:
     import torch
 
-    logger = DualTrackLogger(save_dir=tmp_path / "runs", mlflow=False, wandb=False, start_shipper=False)
-    logger.watch(torch.nn.Linear(2, 2), log="all", log_freq=10)
+    from lightning_dualtrack.journal import JournalReader
+
+    model = torch.nn.Linear(2, 2)
+    model(torch.ones(1, 2)).sum().backward()
+    logger = DualTrackLogger(save_dir=tmp_path / "runs", mlflow=False, wandb=False, start_shipper=False, log_system_info=False)
+    logger.watch(model, log="all", log_freq=2)
+    for step in range(4):
+        logger.log_metrics({"loss": 1.0}, step=step)
+    logger.finalize("success")
+    rows = {r["s"]: r["v"] for r in JournalReader(logger.run_dir) if r["k"] == "metrics"}
+    assert set(rows[0]) > {"loss", "gradients/weight/norm", "parameters/bias/mean"} and set(rows[1]) == {"loss"}
+    assert rows[2]["gradients/weight/norm"] == pytest.approx(model.weight.grad.norm().item())
+    with pytest.raises(ValueError, match="log_freq"):
+        logger.watch(model, log_freq=0)
 
 
 def test_register_model_returns_name_and_version(mlflow_server) -> None:

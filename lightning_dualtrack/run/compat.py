@@ -13,7 +13,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from lightning_dualtrack.delivery.state import load_state
@@ -146,8 +146,3 @@ class Watcher:
             values = torch.stack([r.to(rows[0].device) for r in rows]).cpu().tolist()
         return {f"{n}/{s}": v for n, row in zip(names, values, strict=True) for s, v in zip(("norm", "mean", "std"), row, strict=True)}
 
-
-def merge(metrics: Mapping[str, Any], extra: Mapping[str, float]) -> dict[str, Any]:
-    out = dict(metrics)
-    out.update(extra)
-    return out
