@@ -9,6 +9,8 @@ configuration, against a real ``mlflow server`` (sqlite) on loopback and W&B in 
 - ``wandb``         stock ``WandbLogger(offline=True)``;
 - ``mlflow+wandb``  both stock loggers in a list;
 - ``dualtrack``     ``DualTrackLogger`` with both backends.
+- ``dualtrack_journal`` (only when asked for) ``DualTrackLogger`` without its delivery process: the
+  training thread's own cost, to tell it from the CPU that delivery takes on a small machine.
 
 Each run is a fresh Python process (so that one configuration's threads, child processes and
 garbage do not slow down the next). Runs are interleaved (a floor run before every other run) and
@@ -64,6 +66,10 @@ from pathlib import Path
 from typing import Any
 
 ALL_CONFIGS = ("noop", "dualtrack", "mlflow", "mlflow_async", "wandb", "mlflow+wandb")
+# Diagnostic, not in the default set: DualTrackLogger with no delivery process (journal only). The
+# difference to ``noop`` is what the training thread itself pays; the difference to ``dualtrack`` is
+# the CPU that delivery (shipper, wandb-core, and here the local mlflow server) takes from training.
+EXTRA_CONFIGS = ("dualtrack_journal",)
 FLOOR = "noop"
 HEADLINE = "dualtrack"
 # Targets from issue 2 / issue 5 (benchmarks, not timed tests).
@@ -100,6 +106,9 @@ SUMMARY_COLUMNS = [
     "wandb_expected",
     "wandb_found",
     "wandb_lost",
+    "journal_expected",
+    "journal_found",
+    "journal_lost",
     "skipped",
 ]
 
@@ -371,7 +380,7 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
             wandb.finish()
             wandb.teardown()
 
-    if config == "dualtrack":
+    if config in ("dualtrack", "dualtrack_journal"):
         try:
             from lightning_dualtrack import DualTrackLogger
         except ImportError as err:
@@ -388,10 +397,11 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
                 tracking_uri=spec["url"],
                 wandb_mode="offline",
                 save_dir=str(workdir / "dualtrack_runs"),
+                start_shipper=config == "dualtrack",
             )
         )
     if not loggers:
-        raise ValueError(f"Expected `config` to be one of {ALL_CONFIGS}, but got {config!r}")
+        raise ValueError(f"Expected `config` to be one of {ALL_CONFIGS + EXTRA_CONFIGS}, but got {config!r}")
 
     finalize_s = [0.0]
     for lg in loggers:
@@ -463,6 +473,9 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
             mlflow_run_id = lg.run_id
         elif type(lg).__name__ == "WandbLogger":
             wandb_run_id = lg.version
+        elif type(lg).__name__ == "DualTrackLogger" and config == "dualtrack_journal":
+            journalled = sum(1 for line in open(Path(lg.save_dir) / "journal.jsonl") if '"k":"metrics"' in line)
+            result.update(journal_expected=steps, journal_found=journalled, journal_lost=max(0, steps - journalled))
         elif type(lg).__name__ == "DualTrackLogger":
             mlflow_run_id, wandb_run_id = lg.mlflow_run_id, lg.wandb_run_id
 
@@ -633,7 +646,7 @@ def _summarise(
         for m in ("median", "p95", "mean"):
             if pairs:
                 row[f"{m}_ratio_paired"] = statistics.median(a[f"{m}_ms"] / b[f"{m}_ms"] for a, b in pairs)
-        for b in ("mlflow", "wandb"):
+        for b in ("mlflow", "wandb", "journal"):
             have = [r for r in good if f"{b}_expected" in r]
             if have:
                 worst = max(have, key=lambda r: r[f"{b}_lost"])
@@ -662,7 +675,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         if r.get("skipped"):
             lines.append(f"| {r['config']} | skipped: {r['skipped']} |" + " |" * 11)
             continue
-        lost = sum(r[f"{b}_lost"] or 0 for b in ("mlflow", "wandb"))
+        lost = sum(r[f"{b}_lost"] or 0 for b in ("mlflow", "wandb", "journal"))
         ml = f"{r['mlflow_found']}/{r['mlflow_expected']}" if r["mlflow_expected"] is not None else "–"
         wb = f"{r['wandb_found']}/{r['wandb_expected']}" if r["wandb_expected"] is not None else "–"
         lines.append(
@@ -869,9 +882,9 @@ def main(argv: list[str] | None = None) -> int:
         steps, k, repeats = args.steps or 400, args.metrics or 3, args.repeats or 3
         configs = (args.configs or ",".join(ALL_CONFIGS)).split(",")
     configs = [c.strip() for c in configs if c.strip()]
-    bad = [c for c in configs if c not in ALL_CONFIGS]
+    bad = [c for c in configs if c not in ALL_CONFIGS + EXTRA_CONFIGS]
     if bad:
-        p.error(f"unknown configuration(s) {bad}; choose from {', '.join(ALL_CONFIGS)}")
+        p.error(f"unknown configuration(s) {bad}; choose from {', '.join(ALL_CONFIGS + EXTRA_CONFIGS)}")
     if steps <= args.warmup + 1:
         p.error(f"--steps must exceed --warmup + 1 ({args.warmup + 1}), got {steps}")
 
