@@ -136,3 +136,63 @@ def test_from_config_reads_the_seed_layout(tmp_path: Path) -> None:
     tracker = from_config(path, run_name="override")
     assert (tracker._wandb_enabled, tracker._config.wandb_project, tracker._wandb_mode) == (True, "har_wb", "offline")
     assert tracker._config.run_name == "override"  # an explicit argument beats the file
+
+
+class _WithExample(torch.nn.Module):
+    """A model that declares its input, as a LightningModule's ``example_input_array`` does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(4, 3)
+        self.example_input_array = torch.zeros(1, 4)
+
+    def forward(self, x):
+        return self.layer(x)
+
+
+@pytest.mark.slow
+def test_log_model_without_input_example_logs_the_model(mlflow_server, monkeypatch) -> None:
+    """``log_model(model, "x")`` with no ``input_example``: a model that declares an example is an MLflow pt2 model
+    (loadable, with a signature); one that declares none is logged as its weights (MLflow's state-dict layout),
+    each with a warning saying what was done. Both are in MLflow and in W&B."""
+    import mlflow.pytorch
+    from mlflow.tracking import MlflowClient
+
+    from lightning_dualtrack import create_tracker
+    from lightning_dualtrack.logger import DualTrackWarning
+    from lightning_dualtrack.wandb_file import read_runs
+
+    experiment = f"log_model_{uuid.uuid4().hex[:8]}"
+    declared, plain = _WithExample(), torch.nn.Sequential(torch.nn.Linear(4, 3))
+    tracker = create_tracker(experiment_name=experiment, tracking_uri=mlflow_server.url, wandb_mode="offline", log_system_info=False)
+    with pytest.warns(DualTrackWarning, match=r"no `input_example` given: exported the pt2 graph with the model's example_input_array"):
+        tracker.log_model(declared, "declared")
+    with pytest.warns(DualTrackWarning, match=r"Sequential declares none .*saved its weights only \(state_dict.pth"):
+        tracker.log_model(plain, "x")
+    tracker.end_run()
+
+    client = MlflowClient(mlflow_server.url)
+    (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
+    loaded = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/declared")
+    x = torch.rand(5, 4)  # another batch size than the example's: the batch dimension is dynamic
+    torch.testing.assert_close(loaded(x), declared(x))
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "x")} == {"x/state_dict.pth", "x/state_dict.json"}
+    local = client.download_artifacts(run.info.run_id, "x/state_dict.pth")
+    fresh = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    fresh.load_state_dict(torch.load(local, weights_only=True))
+    torch.testing.assert_close(fresh(x), plain(x))
+    w = read_runs(tracker.run_dir, tracker.run_id)
+    assert len([a for a in w.artifacts if a.get("type") == "model"]) == 2
+
+
+def test_har_module_example_comes_from_its_preprocess_size() -> None:
+    from lightning_dualtrack.har import ClipHarModule
+    from lightning_dualtrack.sinks.mlflow import example_from_model
+
+    model = ClipHarModule("dualtrack-tiny")
+    example, source = example_from_model(model)
+    size = model.preprocess_cfg["size"]
+    assert tuple(example.shape) == ((2, 3, size, size) if isinstance(size, int) else (2, 3, *size))
+    assert "preprocess size" in source
+    assert example_from_model(torch.nn.Linear(2, 2)) is None
