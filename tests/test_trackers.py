@@ -196,3 +196,41 @@ def test_har_module_example_comes_from_its_preprocess_size() -> None:
     assert tuple(example.shape) == ((2, 3, size, size) if isinstance(size, int) else (2, 3, *size))
     assert "preprocess size" in source
     assert example_from_model(torch.nn.Linear(2, 2)) is None
+
+
+@pytest.mark.slow
+def test_response_times_per_backend_reach_mlflow_wandb_and_status(mlflow_server, capsys) -> None:
+    """Seed 2's monitoring: each backend's request latency, p50/p95, among the delivery figures
+    (``system/dualtrack/<backend>/``: MLflow's System metrics tab, hidden in W&B) and in ``dualtrack status``."""
+    from mlflow.tracking import MlflowClient
+
+    from lightning_dualtrack.cli import main
+    from tests.helpers import wandb_values
+
+    experiment = f"latency_{uuid.uuid4().hex[:8]}"
+    tracker = ExperimentTracker(experiment_name=experiment, tracking_uri=mlflow_server.url, wandb=True, wandb_mode="offline")
+    tracker.start_run()
+    for step in range(5):
+        tracker.log_metrics({"loss": 1.0 / (step + 1)}, step=step)
+    tracker.end_run()
+
+    client = MlflowClient(mlflow_server.url)
+    (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    p50 = run.data.metrics["system/dualtrack/mlflow/response_p50_ms"]
+    p95 = run.data.metrics["system/dualtrack/mlflow/response_p95_ms"]
+    assert 0 < p50 <= p95 < 10_000  # real round trips to a loopback server: milliseconds, not zero
+    assert run.data.metrics["system/dualtrack/mlflow/response_window"] >= 3  # at least the run's creation requests
+    w50 = wandb_values(tracker.run_dir, tracker.run_id, "system/dualtrack/wandb/response_p50_ms")
+    w95 = wandb_values(tracker.run_dir, tracker.run_id, "system/dualtrack/wandb/response_p95_ms")
+    assert w50 and w95 and 0 < w50[-1][1] <= w95[-1][1]
+
+    capsys.readouterr()
+    assert main(["status", str(tracker.run_dir)]) == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if "response p50" in line]
+    assert len(lines) == 2, out  # one per backend
+    import re
+
+    for line in lines:
+        m = re.search(r"requests (\d+)  response p50 ([\d.]+) ms  p95 ([\d.]+) ms", line)
+        assert m and int(m[1]) > 0 and 0 < float(m[2]) <= float(m[3]), line

@@ -86,6 +86,7 @@ class MlflowSink(Sink):
             self.api: Any = RestApi(self.tracking_uri)
         else:
             self.api = ClientApi(self.client)
+        self.api.response_times = self.response_times  # REST and MlflowClient calls: one latency window
         self.keys = KeyMap()
         self.run_id: str | None = None
         self.experiment_id: str | None = None
@@ -107,6 +108,7 @@ class MlflowSink(Sink):
         """``MlflowClient`` calls, counted and classified like the hot-path ones."""
         if getattr(self, "_client_api", None) is None:
             self._client_api = self.api if isinstance(self.api, ClientApi) else ClientApi(self.client)
+            self._client_api.response_times = self.response_times
         return self._client_api
 
     @property

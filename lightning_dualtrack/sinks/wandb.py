@@ -209,12 +209,15 @@ class WandbSink(Sink):
 
     def _log(self, row: dict[str, Any]) -> None:
         self._requests += 1
+        started = self.response_times.start()  # the hand-over to wandb-core (it uploads in the background)
         try:
             self.run.log(row)
         except (TypeError, ValueError) as err:
             raise PermanentError(f"W&B rejected a row: {err}") from err
         except Exception as err:  # noqa: BLE001
             raise TransientError(f"wandb.log failed: {err}") from err
+        finally:
+            self.response_times.stop(started)
 
     def deliver(self, entries: list[Entry]) -> None:
         # ``stored(i)`` after each row handed over: a retry after a failure resends none of them (W&B
