@@ -226,6 +226,7 @@ class MlflowSink(Sink):
                     text = str(value)[:MLFLOW_MAX_TAG_VALUE]
                     tags.append((keys.get(key, key), text))
                     pending[0] += len(key) + len(text) + 64
+            # ``hist`` (watch's histograms): W&B only; MLflow keeps watch's statistics, which are metrics
             elif kind in ("file", "image", "table", "cm", "model", "register"):
                 flush(i)
                 getattr(self, f"_deliver_{kind}")(rec)
