@@ -236,3 +236,39 @@ def test_response_times_per_backend_reach_mlflow_wandb_and_status(mlflow_server,
     for line in lines:
         m = re.search(r"requests (\d+)  response p50 ([\d.]+) ms  p95 ([\d.]+) ms", line)
         assert m and int(m[1]) > 0 and 0 < float(m[2]) <= float(m[3]), line
+
+
+@pytest.mark.slow
+def test_response_times_measure_a_slow_server(mlflow_server) -> None:
+    """Behind a proxy that holds every request 150 ms, MLflow's p50 is at least that: the figure is the real
+    round trip, not a constant."""
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    from tests.reliability.faults import PASS, FaultProxy
+
+    def slow(method: str, path: str, body: bytes):
+        time.sleep(0.15)
+        return PASS, None
+
+    experiment = f"slow_{uuid.uuid4().hex[:8]}"
+    with FaultProxy(mlflow_server.url) as proxy:
+        proxy.mode = slow
+        tracker = ExperimentTracker(experiment_name=experiment, tracking_uri=proxy.url, monitoring=False)
+        tracker.log_metrics({"loss": 1.0}, step=0)
+        tracker.end_run()
+    client = MlflowClient(mlflow_server.url)
+    (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert 150 <= run.data.metrics["system/dualtrack/mlflow/response_p50_ms"] <= run.data.metrics["system/dualtrack/mlflow/response_p95_ms"]
+
+
+def test_response_times_are_nearest_rank_percentiles_over_a_window() -> None:
+    from lightning_dualtrack.sinks.base import ResponseTimes
+
+    rt = ResponseTimes(window=100)
+    assert rt.figures() == {}
+    for ms in range(1, 201):  # the first 100 fall out of the window
+        rt.observe(ms / 1000)
+    figures = rt.figures()
+    assert figures == {"response_p50_ms": pytest.approx(150.0), "response_p95_ms": pytest.approx(195.0), "response_window": 100.0}
