@@ -90,3 +90,22 @@ def test_watch_histograms_in_wandb_and_statistics_in_mlflow(mlflow_server, tmp_p
     assert run.data.metrics["gradients/0/weight/norm"] == pytest.approx(grad.norm().item(), rel=1e-6)
     assert not [k for k in run.data.metrics if k in ("gradients/0.weight", "parameters/0.weight")]
     assert run.info.status == "FINISHED" and not load_rejected(logger.run_dir, "mlflow") and not load_rejected(logger.run_dir, "wandb")
+
+
+@pytest.mark.slow
+def test_watch_in_a_trainer_puts_gradient_histograms_at_logging_steps(mlflow_server, tmp_path) -> None:
+    """WandbLogger's habit in a Trainer: ``logger.watch(model, log="gradients", log_freq=2)`` before ``fit``."""
+    from tests.helpers import TinyModel, loaders, trainer, wandb_values
+
+    model = TinyModel()
+    logger = DualTrackLogger(experiment_name=f"watch_fit_{uuid.uuid4().hex[:8]}", tracking_uri=mlflow_server.url,
+                             wandb_mode="offline", save_dir=tmp_path / "runs", log_system_info=False)
+    logger.watch(model, log="gradients", log_freq=2)
+    trainer(logger, max_steps=6).fit(model, *loaders())
+
+    loss_steps = {s for s, _ in wandb_values(logger.run_dir, logger.run_id, "train/loss")}
+    hist = wandb_values(logger.run_dir, logger.run_id, "gradients/layer.weight")
+    steps = [s for s, _ in hist]
+    assert steps and all(s % 2 == 0 for s in steps) and set(steps) == {s for s in loss_steps if s % 2 == 0}
+    assert all(sum(v["values"]) == model.layer.weight.numel() for _, v in hist)
+    assert not wandb_values(logger.run_dir, logger.run_id, "parameters/layer.weight")  # log="gradients" only
