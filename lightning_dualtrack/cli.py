@@ -69,6 +69,8 @@ def run_status(run_dir: Path) -> dict[str, Any]:
             "where": ident.get("url") or ident.get("dir"),
             "last_error": state.get("last_error"),
             "blocked": state.get("blocked"),
+            "requests": state.get("requests", 0),
+            "response_ms": state.get("response_ms") or {},
         }
     return out
 
@@ -83,6 +85,10 @@ def _print_status(status: dict[str, Any]) -> None:
     for name, b in status["backends"].items():
         state = "up to date" if b["closed"] and not b["failed"] else ("pending" if b["pending"] else ("rejected" if b["failed"] else "open"))
         print(f"  {name:7s} delivered {b['delivered']:>7d}  pending {b['pending']:>7d}  rejected {b['failed']:>4d}  [{state}]  {b['run_id'] or '-'}  {b['where'] or ''}")
+        rt = b.get("response_ms") or {}
+        if rt.get("response_p50_ms") is not None:
+            print(f"          requests {b.get('requests', 0)}  response p50 {rt['response_p50_ms']:.1f} ms  "
+                  f"p95 {rt['response_p95_ms']:.1f} ms  (last {int(rt.get('response_window', 0))} requests)")
         if b.get("blocked"):
             print(f"          BLOCKED: {b['blocked'].get('reason')}\n          to deliver: {b['blocked'].get('action')}")
         elif b["last_error"] and not b["closed"]:

@@ -124,6 +124,30 @@ def push_to_hub(model: Any, repo_id: str, folder: str | Path, commit_message: st
     return str(getattr(info, "commit_url", info))
 
 
+def push_from_logger(logger: Any, model: Any, repo_id: str, **kwargs: Any) -> str | None:
+    """``DualTrackLogger.push_to_hub``: during a run, the folder and the ``hf.repo_url`` tag are logged to both
+    backends. After ``end_run()`` the run stays ended: the folder is still written into the run directory and
+    uploaded (what the user asked for), but nothing is journalled, since a journal record would start a new
+    session of the run (MLflow back to RUNNING, then FINISHED with a new end time, even for a FAILED run; a
+    second W&B offline directory). A warning names the run, the Hub URL and that the link is not on the run."""
+    run = logger._run
+    if not (run.finalized and run.journal is None and run.run_dir is not None):
+        logger._ensure_started()
+        return run.push_to_hub(model, repo_id, **kwargs)
+    folder = run.run_dir / "artifacts" / "hub"
+    try:
+        url = push_to_hub(model, repo_id, folder, **kwargs)
+    except Exception as err:  # noqa: BLE001 - network, credentials, missing package
+        run.messages.fail(f"push_to_hub({repo_id!r}) failed: {type(err).__name__}: {str(err)[:300]}; the folder is in {folder}")
+        return None
+    run.messages.warn(
+        f"push_to_hub({repo_id!r}) after end_run(): uploaded ({url}) and kept in {folder}, but run "
+        f"{logger.run_id} stays ended, so the hf.repo_url tag and the hub/ artifacts are NOT on its MLflow/W&B "
+        "run. Call push_to_hub before end_run() to have them logged"
+    )
+    return url
+
+
 HUB_FILES = ("config.json", "model.safetensors")
 
 

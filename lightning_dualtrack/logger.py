@@ -318,9 +318,11 @@ class DualTrackLogger(MediaLogging, Logger):
 
         The folder is kept in the run (``hub/``) and logged to both backends; the Hub URL becomes the
         ``hf.repo_url`` tag. A failed upload is a warning (strict mode: an error); returns the commit URL.
+        After ``end_run()`` the folder is written and uploaded, but the ended run is not reopened: no tag, a warning.
         """
-        self._ensure_started()
-        return self._run.push_to_hub(model, repo_id, commit_message=commit_message, private=private, metrics=metrics, api=api)
+        from lightning_dualtrack.hub import push_from_logger  # after end_run(): uploaded, the run stays ended
+
+        return push_from_logger(self, model, repo_id, commit_message=commit_message, private=private, metrics=metrics, api=api)
 
     # -- internals ------------------------------------------------------------------------------------
     def _guarded(self, what: str, fn: Any, *args: Any) -> Any:

@@ -6,7 +6,7 @@ runs read them):
 
 =========  ==================================================================================
 ``k``      the record kind (``metrics``, ``params``, ``tags``, ``keymap``, ``file``, ``image``,
-           ``table``, ``cm``, ``model``, ``register``, ``start``, ``end``)
+           ``table``, ``cm``, ``model``, ``register``, ``hist``, ``start``, ``end``)
 ``t``      wall-clock time of the log call, integer milliseconds since the epoch (kept on replay,
            so a resend is de-duplicated by MLflow's SQL store)
 ``s``      the step (an integer; Lightning's global step or the logger's own counter)
@@ -45,6 +45,19 @@ def metrics(step: int, values: dict[str, float], t: int | None = None) -> dict[s
     """``metrics``: ``s`` the step, ``v`` ``{key: float}`` (keys as the user gave them, after the key
     rules; MLflow's stored forms are in ``keymap`` records)."""
     return {"k": "metrics", "t": t or now_ms(), "s": step, "v": values}
+
+
+def histograms(step: int, values: Mapping[str, tuple[float, float, Sequence[int]]], t: int | None = None) -> dict[str, Any]:
+    """``hist``: ``s`` the step, ``v`` ``{key: {"min": lo, "max": hi, "counts": [n, ...]}}``: equal-width bins
+    whose edges are ``linspace(min, max, len(counts) + 1)`` (two floats instead of every edge keep the journal
+    small). W&B history histograms at the step (``watch``); MLflow has no histograms and skips them.
+
+    Example:
+        >>> histograms(2, {"gradients/w": (-1.0, 1.0, [3, 1])}, t=5)["v"]
+        {'gradients/w': {'min': -1.0, 'max': 1.0, 'counts': [3, 1]}}
+    """
+    return {"k": "hist", "t": t or now_ms(), "s": step,
+            "v": {k: {"min": float(lo), "max": float(hi), "counts": [int(c) for c in counts]} for k, (lo, hi, counts) in values.items()}}
 
 
 def params(

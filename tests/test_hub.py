@@ -123,3 +123,65 @@ def test_from_pretrained_names_what_is_missing(tmp_path) -> None:
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
         ClipHarModule.from_pretrained(tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("status", ["success", "failed"])
+def test_push_to_hub_after_end_run_uploads_but_does_not_reopen_the_run(mlflow_server, tmp_path, fake_api, status) -> None:
+    """Seed 1's ``create_tracker`` order: train, ``end_run()``, then ``push_to_hub``. The upload happens; the run
+    keeps its end (MLflow status and end time, one W&B offline directory, the W&B exit code); a warning says
+    the Hub link is not on the run."""
+    import uuid
+
+    from mlflow.tracking import MlflowClient
+
+    from lightning_dualtrack import create_tracker
+    from lightning_dualtrack.journal import JournalReader
+    from lightning_dualtrack.logger import DualTrackWarning
+    from lightning_dualtrack.wandb_file import find_run_files, read_runs
+
+    experiment = f"hub_after_end_{uuid.uuid4().hex[:8]}"
+    tracker = create_tracker(experiment_name=experiment, tracking_uri=mlflow_server.url, wandb_mode="offline",
+                             save_dir=tmp_path / "runs", log_system_info=False)
+    tracker.log_metrics({"val/acc": 0.9}, step=1)
+    tracker.end_run(status)
+    client = MlflowClient(mlflow_server.url)
+    (before,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    records_before = len(list(JournalReader(tracker.run_dir)))
+
+    with pytest.warns(DualTrackWarning, match=r"after end_run\(\).*stays ended.*NOT on its MLflow/W&B run"):
+        url = tracker.push_to_hub(ClipHarModule("dualtrack-tiny"), "me/har", api=fake_api)
+
+    assert url == "https://huggingface.co/me/har/commit/abc"
+    assert fake_api.upload_folder.call_args.kwargs["folder_path"] == str(tracker.run_dir / "artifacts" / "hub")
+    assert (tracker.run_dir / "artifacts" / "hub" / "model.safetensors").is_file()
+    assert tracker._run.journal is None and tracker._run.shipper is None  # no new session, no delivery process
+    assert len(list(JournalReader(tracker.run_dir))) == records_before
+    tracker._atexit()  # what interpreter exit would do: nothing, the run is ended
+    (after,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    expected = "FINISHED" if status == "success" else "FAILED"
+    assert (after.info.status, after.info.end_time) == (expected, before.info.end_time) and before.info.status == expected
+    assert "hf.repo_url" not in after.data.tags
+    assert len(find_run_files(tracker.run_dir, tracker.run_id)) == 1  # one W&B session, not a resumed second
+    assert read_runs(tracker.run_dir, tracker.run_id).exit_code == (0 if status == "success" else 1)
+
+
+@pytest.mark.slow
+def test_push_to_hub_during_the_run_tags_both_backends(mlflow_server, tmp_path, fake_api) -> None:
+    import uuid
+
+    from mlflow.tracking import MlflowClient
+
+    from lightning_dualtrack import create_tracker
+    from lightning_dualtrack.wandb_file import read_runs
+
+    experiment = f"hub_during_{uuid.uuid4().hex[:8]}"
+    tracker = create_tracker(experiment_name=experiment, tracking_uri=mlflow_server.url, wandb_mode="offline",
+                             save_dir=tmp_path / "runs", log_system_info=False)
+    tracker.push_to_hub(ClipHarModule("dualtrack-tiny"), "me/har", api=fake_api)
+    tracker.end_run()
+    client = MlflowClient(mlflow_server.url)
+    (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert run.data.tags["hf.repo_url"] == "https://huggingface.co/me/har/commit/abc"
+    assert "hub/model.safetensors" in {a.path for a in client.list_artifacts(run.info.run_id, "hub")}
+    assert "hf.repo_id:me/har" in read_runs(tracker.run_dir, tracker.run_id).tags

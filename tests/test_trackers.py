@@ -48,6 +48,9 @@ def test_seed2_example_verbatim(mlflow_server, monkeypatch) -> None:
     tracker.end_run()
     # ---
 
+    # MLflow resolves a LoggedModel's artifacts (list_artifacts of "model_name", `runs:/` URIs) through the default
+    # tracking URI, not the client's
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
     client = MlflowClient(mlflow_server.url)
     (run,) = client.search_runs([client.get_experiment_by_name(experiment_name).experiment_id])
     assert run.info.status == "FINISHED" and run.info.run_name == "baseline"
@@ -67,7 +70,6 @@ def test_seed2_example_verbatim(mlflow_server, monkeypatch) -> None:
     assert tracker.wandb_run_id is None and not list(Path("dualtrack_runs").glob("*/wandb"))
     import mlflow.pytorch
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)  # where `runs:/` resolves
     loaded = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model_name")
     x = torch.rand(2, 4)
     torch.testing.assert_close(loaded(x), model(x))
@@ -136,3 +138,137 @@ def test_from_config_reads_the_seed_layout(tmp_path: Path) -> None:
     tracker = from_config(path, run_name="override")
     assert (tracker._wandb_enabled, tracker._config.wandb_project, tracker._wandb_mode) == (True, "har_wb", "offline")
     assert tracker._config.run_name == "override"  # an explicit argument beats the file
+
+
+class _WithExample(torch.nn.Module):
+    """A model that declares its input, as a LightningModule's ``example_input_array`` does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(4, 3)
+        self.example_input_array = torch.zeros(1, 4)
+
+    def forward(self, x):
+        return self.layer(x)
+
+
+@pytest.mark.slow
+def test_log_model_without_input_example_logs_the_model(mlflow_server, monkeypatch) -> None:
+    """``log_model(model, "x")`` with no ``input_example``: a model that declares an example is an MLflow pt2 model
+    (loadable, with a signature); one that declares none is logged as its weights (MLflow's state-dict layout),
+    each with a warning saying what was done. Both are in MLflow and in W&B."""
+    import mlflow.pytorch
+    from mlflow.tracking import MlflowClient
+
+    from lightning_dualtrack import create_tracker
+    from lightning_dualtrack.logger import DualTrackWarning
+    from lightning_dualtrack.wandb_file import read_runs
+
+    experiment = f"log_model_{uuid.uuid4().hex[:8]}"
+    declared, plain = _WithExample(), torch.nn.Sequential(torch.nn.Linear(4, 3))
+    tracker = create_tracker(experiment_name=experiment, tracking_uri=mlflow_server.url, wandb_mode="offline", log_system_info=False)
+    with pytest.warns(DualTrackWarning, match=r"no `input_example` given: exported the pt2 graph with the model's example_input_array"):
+        tracker.log_model(declared, "declared")
+    with pytest.warns(DualTrackWarning, match=r"Sequential declares none .*saved its weights only \(state_dict.pth"):
+        tracker.log_model(plain, "x")
+    tracker.end_run()
+
+    client = MlflowClient(mlflow_server.url)
+    (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
+    loaded = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/declared")
+    x = torch.rand(5, 4)  # another batch size than the example's: the batch dimension is dynamic
+    torch.testing.assert_close(loaded(x), declared(x))
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "x")} == {"x/state_dict.pth", "x/state_dict.json"}
+    local = client.download_artifacts(run.info.run_id, "x/state_dict.pth")
+    fresh = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    fresh.load_state_dict(torch.load(local, weights_only=True))
+    torch.testing.assert_close(fresh(x), plain(x))
+    w = read_runs(tracker.run_dir, tracker.run_id)
+    assert len([a for a in w.artifacts if a.get("type") == "model"]) == 2
+
+
+def test_har_module_example_comes_from_its_preprocess_size() -> None:
+    from lightning_dualtrack.har import ClipHarModule
+    from lightning_dualtrack.sinks.mlflow import example_from_model
+
+    model = ClipHarModule("dualtrack-tiny")
+    example, source = example_from_model(model)
+    size = model.preprocess_cfg["size"]
+    assert tuple(example.shape) == ((2, 3, size, size) if isinstance(size, int) else (2, 3, *size))
+    assert "preprocess size" in source
+    assert example_from_model(torch.nn.Linear(2, 2)) is None
+
+
+@pytest.mark.slow
+def test_response_times_per_backend_reach_mlflow_wandb_and_status(mlflow_server, capsys) -> None:
+    """Seed 2's monitoring: each backend's request latency, p50/p95, among the delivery figures
+    (``system/dualtrack/<backend>/``: MLflow's System metrics tab, hidden in W&B) and in ``dualtrack status``."""
+    from mlflow.tracking import MlflowClient
+
+    from lightning_dualtrack.cli import main
+    from tests.helpers import wandb_values
+
+    experiment = f"latency_{uuid.uuid4().hex[:8]}"
+    tracker = ExperimentTracker(experiment_name=experiment, tracking_uri=mlflow_server.url, wandb=True, wandb_mode="offline")
+    tracker.start_run()
+    for step in range(5):
+        tracker.log_metrics({"loss": 1.0 / (step + 1)}, step=step)
+    tracker.end_run()
+
+    client = MlflowClient(mlflow_server.url)
+    (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    p50 = run.data.metrics["system/dualtrack/mlflow/response_p50_ms"]
+    p95 = run.data.metrics["system/dualtrack/mlflow/response_p95_ms"]
+    assert 0 < p50 <= p95 < 10_000  # real round trips to a loopback server: milliseconds, not zero
+    assert run.data.metrics["system/dualtrack/mlflow/response_window"] >= 3  # at least the run's creation requests
+    w50 = wandb_values(tracker.run_dir, tracker.run_id, "system/dualtrack/wandb/response_p50_ms")
+    w95 = wandb_values(tracker.run_dir, tracker.run_id, "system/dualtrack/wandb/response_p95_ms")
+    assert w50 and w95 and 0 < w50[-1][1] <= w95[-1][1]
+
+    capsys.readouterr()
+    assert main(["status", str(tracker.run_dir)]) == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if "response p50" in line]
+    assert len(lines) == 2, out  # one per backend
+    import re
+
+    for line in lines:
+        m = re.search(r"requests (\d+)  response p50 ([\d.]+) ms  p95 ([\d.]+) ms", line)
+        assert m and int(m[1]) > 0 and 0 < float(m[2]) <= float(m[3]), line
+
+
+@pytest.mark.slow
+def test_response_times_measure_a_slow_server(mlflow_server) -> None:
+    """Behind a proxy that holds every request 150 ms, MLflow's p50 is at least that: the figure is the real
+    round trip, not a constant."""
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    from tests.reliability.faults import PASS, FaultProxy
+
+    def slow(method: str, path: str, body: bytes):
+        time.sleep(0.15)
+        return PASS, None
+
+    experiment = f"slow_{uuid.uuid4().hex[:8]}"
+    with FaultProxy(mlflow_server.url) as proxy:
+        proxy.mode = slow
+        tracker = ExperimentTracker(experiment_name=experiment, tracking_uri=proxy.url, monitoring=False)
+        tracker.log_metrics({"loss": 1.0}, step=0)
+        tracker.end_run()
+    client = MlflowClient(mlflow_server.url)
+    (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert 150 <= run.data.metrics["system/dualtrack/mlflow/response_p50_ms"] <= run.data.metrics["system/dualtrack/mlflow/response_p95_ms"]
+
+
+def test_response_times_are_nearest_rank_percentiles_over_a_window() -> None:
+    from lightning_dualtrack.sinks.base import ResponseTimes
+
+    rt = ResponseTimes(window=100)
+    assert rt.figures() == {}
+    for ms in range(1, 201):  # the first 100 fall out of the window
+        rt.observe(ms / 1000)
+    figures = rt.figures()
+    assert figures == {"response_p50_ms": pytest.approx(150.0), "response_p95_ms": pytest.approx(195.0), "response_window": 100.0}

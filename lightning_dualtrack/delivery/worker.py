@@ -138,6 +138,7 @@ class SinkWorker(threading.Thread):
         if self.sink is not None:
             self.state["requests"] = self.state.get("requests_base", 0) + self.sink.requests
             self.state["bytes"] = self.state.get("bytes_base", 0) + self.sink.bytes_uploaded
+            self.state["response_ms"] = self.sink.response_times.figures() or self.state.get("response_ms")  # `dualtrack status`
         self.state["unparseable_lines"] = self.reader.corrupt_lines
         save_state(self.ctx.run_dir, self.sink_name, self.state)
         self._last_save = time.monotonic()
@@ -402,6 +403,7 @@ class SinkWorker(threading.Thread):
             "retries": float(self.state["retries"]),
             "rejected": float(self.state["failed"]),
             "bytes_uploaded": float(self.state.get("bytes_base", 0) + self.sink.bytes_uploaded),
+            **self.sink.response_times.figures(),  # response_p50_ms / response_p95_ms over the last requests
         }
         try:
             self.sink.report_health(health, self._last_step)

@@ -8,14 +8,16 @@ WandbLogger's ``log_image`` / ``log_table`` / ``log_text`` argument forms, ``wat
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
 import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from lightning_dualtrack import records
 from lightning_dualtrack.delivery.state import load_state
 
 IDENTITY_TIMEOUT_S = 15.0
@@ -110,17 +112,27 @@ def wait_for_version(tracking_uri: str, name: str, mlflow_run_id: str | None, ti
     return None
 
 
+HISTOGRAM_BINS = 64
+
+
 class Watcher:
     """``watch(model, log=, log_freq=)``: every ``log_freq`` logging steps, per-parameter statistics as
-    metrics (``gradients/<name>/norm|mean|std``, ``parameters/<name>/...``). One device-to-host copy per
-    ``log_freq`` steps (the statistics are stacked on the device first), never one per step."""
+    metrics (``gradients/<name>/norm|mean|std``, ``parameters/<name>/...``: both backends) and, through
+    ``emit``, one ``hist`` record of 64-bin histograms (``gradients/<name>``, W&B's own ``watch`` keys: W&B only).
 
-    def __init__(self, model: Any, log: str | None, log_freq: int) -> None:
+    Cheap on a GPU: nothing happens on the other steps; on a logging step, two device-to-host copies in all
+    (the statistics with each tensor's min/max, stacked on the device; then every ``torch.histc`` count, stacked),
+    never one per parameter. ``histc`` is given those bounds, so it does not read them back itself.
+    """
+
+    def __init__(self, model: Any, log: str | None, log_freq: int, emit: Callable[[dict[str, Any]], None] | None = None,
+                 bins: int = HISTOGRAM_BINS) -> None:
         if log not in ("gradients", "parameters", "all", None):
             raise ValueError(f"Expected argument `log` to be 'gradients', 'parameters', 'all' or None, but got {log!r}")
         if not isinstance(log_freq, int) or log_freq < 1:
             raise ValueError(f"Expected argument `log_freq` to be a positive integer, but got {log_freq!r}")
         self.model, self.log, self.log_freq = model, log, log_freq
+        self.emit, self.bins = emit, bins
         self._last: int | None = None
 
     def due(self, step: int | None) -> bool:
@@ -129,20 +141,44 @@ class Watcher:
         self._last = step
         return True
 
+    def _tensors(self) -> list[tuple[str, str, Any]]:
+        out = []
+        for name, p in self.model.named_parameters():
+            for kind, t in (("gradients", p.grad), ("parameters", p)):
+                if t is not None and t.numel() and (self.log == "all" or self.log == kind):
+                    out.append((kind, name, t.detach()))
+        return out
+
     def stats(self) -> dict[str, float]:
+        """The statistics of this logging step; the histograms go to ``emit`` (at the step of the last ``due``)."""
         import torch
 
-        names, rows = [], []
+        tensors = self._tensors()
+        if not tensors:
+            return {}
+        out: dict[str, float] = {}
         with torch.no_grad():
-            for name, p in self.model.named_parameters():
-                for kind, t in (("gradients", p.grad), ("parameters", p)):
-                    if t is None or (self.log != "all" and self.log != kind):
-                        continue
-                    t = t.detach().float()
-                    rows.append(torch.stack([t.norm(), t.mean(), t.std() if t.numel() > 1 else torch.zeros((), device=t.device)]))
-                    names.append(f"{kind}/{name.replace('.', '/')}")
-            if not rows:
-                return {}
-            values = torch.stack([r.to(rows[0].device) for r in rows]).cpu().tolist()
-        return {f"{n}/{s}": v for n, row in zip(names, values, strict=True) for s, v in zip(("norm", "mean", "std"), row, strict=True)}
-
+            rows = []
+            for _kind, _name, t in tensors:
+                f = t.float()
+                std = f.std() if f.numel() > 1 else torch.zeros((), device=f.device)
+                rows.append(torch.stack([f.norm(), f.mean(), std, f.min(), f.max()]))
+            device = rows[0].device
+            values = torch.stack([r.to(device) for r in rows]).cpu().tolist()  # device -> host copy 1
+            keys, bounds, counts = [], [], []
+            for (kind, name, t), (norm, mean, std, lo, hi) in zip(tensors, values, strict=True):
+                base = f"{kind}/{name.replace('.', '/')}"
+                out[f"{base}/norm"], out[f"{base}/mean"], out[f"{base}/std"] = norm, mean, std
+                if self.emit is None or not (math.isfinite(lo) and math.isfinite(hi)):
+                    continue  # histc refuses a non-finite range; the statistics say the rest
+                if hi <= lo:  # a constant tensor: one bar around its value
+                    pad = max(abs(lo) * 1e-3, 1e-8)
+                    lo, hi = lo - pad, hi + pad
+                keys.append(f"{kind}/{name}")
+                bounds.append((lo, hi))
+                counts.append(torch.histc(t.float(), bins=self.bins, min=lo, max=hi).to(device))
+            if counts:
+                table = torch.stack(counts).cpu().tolist()  # device -> host copy 2
+                self.emit(records.histograms(self._last or 0, {
+                    k: (lo, hi, c) for k, (lo, hi), c in zip(keys, bounds, table, strict=True)}))
+        return out

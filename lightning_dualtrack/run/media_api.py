@@ -79,8 +79,10 @@ class MediaLogging:
     @rank_zero_only
     def watch(self, model: Any, log: str | None = "gradients", log_freq: int = 100, log_graph: bool = False) -> None:
         """WandbLogger's ``watch``: every ``log_freq`` steps, norm/mean/std of each parameter's gradient
-        (``log="gradients"``), value (``"parameters"``) or both (``"all"``) as metrics in both backends."""
-        self._watcher = compat.Watcher(model, log, log_freq)
+        (``log="gradients"``), value (``"parameters"``) or both (``"all"``) as metrics in both backends, and their
+        64-bin histograms in W&B (``gradients/<name>``, ``parameters/<name>``, as W&B's own ``watch`` names them).
+        ``log_graph`` is not supported (ignored)."""
+        self._watcher = compat.Watcher(model, log, log_freq, emit=self._append)
 
     @rank_zero_only
     def log_dict(self, data: Mapping[str, Any], name: str) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +48,43 @@ def write_json_atomic(path: Path, data: Any, **dump_kwargs: Any) -> None:
     with open(tmp, "w", encoding="utf-8") as fh:
         json.dump(data, fh, **kwargs)
     os.replace(tmp, path)
+
+
+class ResponseTimes:
+    """How long each backend request took (wall clock, failures included: a timeout is what a slow server
+    costs), over the last ``window`` requests; :meth:`figures` gives p50 and p95 in milliseconds.
+
+    Example:
+        >>> rt = ResponseTimes()
+        >>> for ms in (10, 20, 30, 40, 200):
+        ...     rt.observe(ms / 1000)
+        >>> rt.figures()
+        {'response_p50_ms': 30.0, 'response_p95_ms': 200.0, 'response_window': 5.0}
+    """
+
+    def __init__(self, window: int = 500) -> None:
+        self._seconds: deque[float] = deque(maxlen=window)
+
+    def observe(self, seconds: float) -> None:
+        self._seconds.append(seconds)
+
+    def start(self) -> float:
+        return time.perf_counter()
+
+    def stop(self, started: float) -> None:
+        self._seconds.append(time.perf_counter() - started)
+
+    def figures(self) -> dict[str, float]:
+        """``response_p50_ms``, ``response_p95_ms`` (nearest rank) and ``response_window`` (requests counted);
+        empty before the first request."""
+        if not self._seconds:
+            return {}
+        ordered = sorted(self._seconds)
+
+        def rank(q: float) -> float:
+            return ordered[min(len(ordered) - 1, max(0, -(-len(ordered) * q // 100) - 1))] * 1000.0  # ceil(n q) - 1
+
+        return {"response_p50_ms": round(rank(50), 3), "response_p95_ms": round(rank(95), 3), "response_window": float(len(ordered))}
 
 
 @dataclass
@@ -95,6 +134,7 @@ class Sink:
         self.bytes_uploaded = 0
         self.progress = 0  # entries of the current deliver() call already stored (for partial retries)
         self.on_stored: Callable[[int], None] | None = None  # set by the worker: ack as requests succeed
+        self.response_times = ResponseTimes()  # each backend request's latency (health: p50/p95 per backend)
 
     def stored(self, n: int) -> None:
         """The first ``n`` entries of the current :meth:`deliver` call are stored (called after each request)."""

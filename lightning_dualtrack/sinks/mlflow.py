@@ -86,6 +86,7 @@ class MlflowSink(Sink):
             self.api: Any = RestApi(self.tracking_uri)
         else:
             self.api = ClientApi(self.client)
+        self.api.response_times = self.response_times  # REST and MlflowClient calls: one latency window
         self.keys = KeyMap()
         self.run_id: str | None = None
         self.experiment_id: str | None = None
@@ -107,6 +108,7 @@ class MlflowSink(Sink):
         """``MlflowClient`` calls, counted and classified like the hot-path ones."""
         if getattr(self, "_client_api", None) is None:
             self._client_api = self.api if isinstance(self.api, ClientApi) else ClientApi(self.client)
+            self._client_api.response_times = self.response_times
         return self._client_api
 
     @property
@@ -224,6 +226,7 @@ class MlflowSink(Sink):
                     text = str(value)[:MLFLOW_MAX_TAG_VALUE]
                     tags.append((keys.get(key, key), text))
                     pending[0] += len(key) + len(text) + 64
+            # ``hist`` (watch's histograms): W&B only; MLflow keeps watch's statistics, which are metrics
             elif kind in ("file", "image", "table", "cm", "model", "register"):
                 flush(i)
                 getattr(self, f"_deliver_{kind}")(rec)
@@ -347,6 +350,48 @@ class MlflowSink(Sink):
         self._upload(str(target.relative_to(self.ctx.run_dir)))
 
 
+def example_from_model(model: Any) -> tuple[Any, str] | None:
+    """An input batch the model itself declares, and where it came from; None if it declares none.
+
+    * ``example_input_array`` (a LightningModule's own example; a tensor or array);
+    * ``preprocess_cfg["size"]`` (the HAR module and open_clip towers: images of that size, 3 channels).
+
+    A made-up shape is never guessed: a wrong one would export a graph that rejects real inputs.
+    """
+    import numpy as np
+
+    declared = getattr(model, "example_input_array", None)
+    if declared is not None and (hasattr(declared, "detach") or isinstance(declared, np.ndarray)):
+        return declared, "the model's example_input_array"
+    cfg = getattr(model, "preprocess_cfg", None)
+    size = cfg.get("size") if isinstance(cfg, dict) else None
+    if isinstance(size, int) or (isinstance(size, (tuple, list)) and len(size) == 2):
+        h, w = (size, size) if isinstance(size, int) else size
+        return np.zeros((2, 3, int(h), int(w)), dtype=np.float32), f"images of the model's preprocess size 3x{h}x{w}"
+    return None
+
+
+STATE_DICT_NOTE = "state_dict.json"
+
+
+def save_state_dict_model(model: Any, path: Path) -> None:
+    """The weights without a traced graph: MLflow's state-dict layout (``state_dict.pth``, what
+    ``mlflow.pytorch.save_state_dict`` writes; readable with ``torch.load(weights_only=True)``, no
+    arbitrary code) plus a note naming the class to load them into."""
+    import mlflow.pytorch
+
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    mlflow.pytorch.save_state_dict(state, str(path))
+    cls = type(model)
+    (path / STATE_DICT_NOTE).write_text(json.dumps({
+        "format": "state_dict",
+        "class": f"{cls.__module__}.{cls.__qualname__}",
+        "parameters": int(sum(v.numel() for v in state.values())),
+        "load": "model.load_state_dict(torch.load('state_dict.pth', weights_only=True))",
+        "why": "no input_example was given and the model declares none, so no pt2 graph was exported",
+    }, indent=1))
+
+
 def save_pytorch_model(model: Any, path: Path, signature: Any = None, input_example: Any = None) -> None:
     """Write ``model`` as an MLflow model directory (MLmodel, weights, requirements); no pickle by default.
 
@@ -355,10 +400,14 @@ def save_pytorch_model(model: Any, path: Path, signature: Any = None, input_exam
     * an object with ``save_mlflow_model(path)`` (``lightning_dualtrack.serving.ServingModel``: images -> class
       names, plus the ``.pt2`` as the pytorch flavor) writes itself;
     * a ``torch.nn.Module`` is saved with ``serialization_format="pt2"`` (``torch.export``, dynamic batch), which
-      needs ``input_example`` (a float tensor or array with a batch of at least 2 rows; one row is repeated);
+      needs an input example (a float tensor or array with a batch of at least 2 rows; one row is repeated).
+      Without ``input_example`` the model's own is used (:func:`example_from_model`); a model that declares
+      none is saved as its weights only (:func:`save_state_dict_model`: not loadable with
+      ``mlflow.pytorch.load_model``);
     * a ``torch.jit.ScriptModule`` can only be pickled (MLflow warns that pickle is unsafe).
 
     ``signature`` may be an MLflow ``ModelSignature`` or "infer" (from ``input_example``).
+    What was done instead of what was asked is a warning naming it.
     """
     if not _MLFLOW_AVAILABLE:
         raise ModuleNotFoundError(str(_MLFLOW_AVAILABLE))
@@ -371,6 +420,20 @@ def save_pytorch_model(model: Any, path: Path, signature: Any = None, input_exam
     import torch
 
     example = input_example
+    if example is None and not isinstance(model, torch.jit.ScriptModule) and isinstance(model, torch.nn.Module):
+        found = example_from_model(model)
+        if found is None:
+            _weights_only(model, path, f"no `input_example` given and {type(model).__name__} declares none (example_input_array)")
+            return
+        example, source = found
+        try:
+            save_pytorch_model(model, path, signature, example)
+        except Exception as err:  # noqa: BLE001 - the declared example does not export: keep the weights
+            _weights_only(model, path, f"no `input_example` given, and exporting with {source} failed "
+                                       f"({type(err).__name__}: {str(err)[:200]})")
+            return
+        _warn(f"log_model: no `input_example` given: exported the pt2 graph with {source} (shape {tuple(example.shape)})")
+        return
     if example is not None:
         example = example.detach().cpu().numpy() if hasattr(example, "detach") else np.asarray(example)
         if example.dtype == np.float64:
@@ -396,3 +459,23 @@ def save_pytorch_model(model: Any, path: Path, signature: Any = None, input_exam
         if example is None:
             raise ValueError("Saving a torch model as pt2 needs an `input_example` (a batch of model inputs)")
     mlflow.pytorch.save_model(model, str(path), signature=signature, input_example=example, serialization_format=fmt)
+
+
+def _weights_only(model: Any, path: Path, why: str) -> None:
+    import shutil
+
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    save_state_dict_model(model, path)
+    _warn(f"log_model: {why}: saved its weights only (state_dict.pth, MLflow's state-dict layout, loadable with "
+          "torch.load(weights_only=True); not an MLflow model: mlflow.pytorch.load_model cannot load it). "
+          "Pass input_example= (a batch of inputs) for a pt2 model")
+
+
+def _warn(message: str) -> None:
+    import warnings
+
+    from lightning_dualtrack.run.policy import DualTrackWarning, _user_stacklevel
+
+    warnings.warn(message, DualTrackWarning, stacklevel=_user_stacklevel())

@@ -22,6 +22,7 @@ from lightning_dualtrack.delivery.errors import (
     classify_http,
     classify_mlflow,
 )
+from lightning_dualtrack.sinks.base import ResponseTimes
 
 _STATUS_NAMES = ("RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED")
 
@@ -50,16 +51,20 @@ class RestApi:
         if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
             self.session.verify = False
         self.requests = 0
+        self.response_times = ResponseTimes()  # the sink shares its own
 
     def _call(self, method: str, endpoint: str, body: dict[str, Any] | None = None, params: dict | None = None) -> dict:
         import requests
 
         self.requests += 1
         url = f"{self.base}/api/2.0/mlflow/{endpoint}"
+        started = self.response_times.start()
         try:
             resp = self.session.request(method, url, json=body, params=params, timeout=self.timeout)
         except requests.RequestException as err:
             raise TransientError(f"{endpoint}: {type(err).__name__}: {str(err)[:300]}") from err
+        finally:
+            self.response_times.stop(started)
         if resp.status_code == 200:
             if not resp.content:
                 return {}
@@ -121,11 +126,14 @@ class RestApi:
         dest = "/".join(p for p in (rel, artifact_path, name) if p)
         url = f"{self.base}/api/2.0/mlflow-artifacts/artifacts/{quote(dest)}"
         self.requests += 1
+        started = self.response_times.start()
         try:
             with open(local_file, "rb") as fh:
                 resp = self.session.put(url, data=fh, timeout=max(self.timeout, 60))
         except requests.RequestException as err:
             raise TransientError(f"artifact upload: {type(err).__name__}: {str(err)[:300]}") from err
+        finally:
+            self.response_times.stop(started)
         if resp.status_code == 200:
             return True
         raise classify_http(resp.status_code, resp.content, resp.headers, f"artifact upload {dest}")
@@ -173,14 +181,18 @@ class ClientApi:
     def __init__(self, client: Any) -> None:
         self.client = client
         self.requests = 0
+        self.response_times = ResponseTimes()  # the sink shares its own
 
     def call(self, fn, *args, **kwargs):
-        """``fn(*args, **kwargs)``, counted, with errors mapped by :func:`classify_mlflow`."""
+        """``fn(*args, **kwargs)``, counted and timed, with errors mapped by :func:`classify_mlflow`."""
         self.requests += 1
+        started = self.response_times.start()
         try:
             return fn(*args, **kwargs)
         except Exception as err:  # noqa: BLE001
             raise classify_mlflow(err) from err
+        finally:
+            self.response_times.stop(started)
 
     def experiment_id(self, name: str) -> str:
         exp = self.call(self.client.get_experiment_by_name, name)

@@ -209,12 +209,15 @@ class WandbSink(Sink):
 
     def _log(self, row: dict[str, Any]) -> None:
         self._requests += 1
+        started = self.response_times.start()  # the hand-over to wandb-core (it uploads in the background)
         try:
             self.run.log(row)
         except (TypeError, ValueError) as err:
             raise PermanentError(f"W&B rejected a row: {err}") from err
         except Exception as err:  # noqa: BLE001
             raise TransientError(f"wandb.log failed: {err}") from err
+        finally:
+            self.response_times.stop(started)
 
     def deliver(self, entries: list[Entry]) -> None:
         # ``stored(i)`` after each row handed over: a retry after a failure resends none of them (W&B
@@ -226,6 +229,8 @@ class WandbSink(Sink):
             rec = entry.record
             kind = rec.get("k")
             self._entry_offset = entry.offset
+            if kind == "hist":  # histograms join the step's row like metrics
+                rec, kind = {**rec, "v": self._histograms(rec.get("v"))}, "metrics"
             if kind == "metrics":
                 step = rec.get("s") or 0
                 # a new row for a new step, or for a key already in this row (a second value logged at
@@ -261,6 +266,24 @@ class WandbSink(Sink):
         new = [f"{k}:{v}"[:_MAX_TAG] for k, v in tags.items() if not k.startswith("dualtrack.")]
         if new:
             self.run.tags = tuple(dict.fromkeys([*(self.run.tags or ()), *new]))
+
+    @staticmethod
+    def _histograms(values: Any) -> dict[str, Any]:
+        """A ``hist`` record's ``{key: {min, max, counts}}`` as ``wandb.Histogram`` values (equal-width bins)."""
+        import numpy as np
+        import wandb
+
+        if not isinstance(values, dict):
+            raise PermanentError(f"a 'hist' record's values are a {type(values).__name__}, not a mapping")
+        out = {}
+        for key, h in values.items():
+            try:
+                counts = np.asarray(h["counts"], dtype=np.int64)
+                edges = np.linspace(float(h["min"]), float(h["max"]), len(counts) + 1)
+                out[key] = wandb.Histogram(np_histogram=(counts, edges))
+            except (KeyError, TypeError, ValueError) as err:
+                raise PermanentError(f"histogram {key!r} cannot be read ({type(err).__name__}: {err})") from err
+        return out
 
     def _media_row(self, rec: dict[str, Any], value: Any) -> None:
         self._log({rec["key"]: value, STEP_KEY: rec.get("s") or 0, OFFSET_KEY: self._entry_offset})
