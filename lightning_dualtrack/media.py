@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 
 def image_to_png(image: Any, path: Path) -> None:
-    """Save a matplotlib Figure, a PIL image, or an HxW / HxWxC array (uint8, or float in [0, 1]) as PNG."""
+    """Save a matplotlib Figure, a PIL image, an image file (path) or an HxW / HxWxC array (uint8, or float in [0, 1]) as PNG."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if hasattr(image, "savefig"):  # matplotlib Figure
         image.savefig(path, format="png", dpi=getattr(image, "dpi", 100), bbox_inches="tight")
         return
     if hasattr(image, "save") and hasattr(image, "mode"):  # PIL.Image
         image.save(path, format="PNG")
+        return
+    if isinstance(image, (str, os.PathLike)):  # an image file, as wandb.Image takes (WandbLogger.log_image(images=["a.jpg"]))
+        from PIL import Image
+
+        with Image.open(image) as opened:
+            opened.save(path, format="PNG")
         return
     import numpy as np
     from PIL import Image

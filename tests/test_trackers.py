@@ -48,6 +48,11 @@ def test_seed2_example_verbatim(mlflow_server, monkeypatch) -> None:
     tracker.end_run()
     # ---
 
+    # MLflow resolves a LoggedModel listed or loaded through `runs:/<id>/model_name` with the *default* tracking URI
+    # (`ModelsArtifactRepository` makes a bare `MlflowClient()`), not the client's: point it at the server, as a user
+    # reading this run back would. (Passing in the full suite only hid this: an earlier test had left mlflow's global
+    # tracking URI set; conftest now resets it after every test.)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
     client = MlflowClient(mlflow_server.url)
     (run,) = client.search_runs([client.get_experiment_by_name(experiment_name).experiment_id])
     assert run.info.status == "FINISHED" and run.info.run_name == "baseline"
@@ -67,7 +72,6 @@ def test_seed2_example_verbatim(mlflow_server, monkeypatch) -> None:
     assert tracker.wandb_run_id is None and not list(Path("dualtrack_runs").glob("*/wandb"))
     import mlflow.pytorch
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)  # where `runs:/` resolves
     loaded = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model_name")
     x = torch.rand(2, 4)
     torch.testing.assert_close(loaded(x), model(x))
