@@ -16,7 +16,6 @@ Not ported (they test Lightning's own classes, not a logger): ``test_dummylogger
 from __future__ import annotations
 
 import pickle
-import uuid
 from argparse import Namespace
 from copy import deepcopy
 from pathlib import Path
@@ -448,3 +447,40 @@ def test_scan_checkpoints(mlflow_server, tmp_path: Path, save_top_k: int) -> Non
         assert names == sorted(f"{i}.ckpt" for i in range(save_top_k))
         models = [a for a in wandb_run(logger.run_dir, logger.run_id).artifacts if a["type"] == "model"]
         assert len(models) == save_top_k
+
+
+# ports the hparams forms Lightning hands a logger's log_hyperparams (test_logger.py::test_np_sanitization's
+# Namespace, test_wandb.py::test_wandb_logger_init's dict with None / nested / list / Path values, and the OmegaConf
+# DictConfig of Hydra users, which Lightning passes on as it is): flattened with "/", interpolations resolved
+def test_log_hyperparams_forms(mlflow_server, tmp_path: Path) -> None:
+    omegaconf = pytest.importorskip("omegaconf", reason="omegaconf is a dev extra (pyproject); not installed here")
+    cfg = omegaconf.OmegaConf.create({"model": {"width": 64, "name": "vit"}, "lr": 0.1, "lr_copy": "${lr}", "none": None,
+                                      "layers": [1, 2]})
+    logger = new_logger(mlflow_server, tmp_path)
+    logger.log_hyperparams(cfg)
+    logger.log_hyperparams(Namespace(optim=Namespace(name="adam", betas=(0.9, 0.99)), seed=0, path=Path("data")))
+    logger.log_hyperparams({"nested": {"deeper": {"x": None}}, "empty": {}})
+    logger.finalize("success")
+    expected = {"model/width": 64, "model/name": "vit", "lr": 0.1, "lr_copy": 0.1, "none": None, "layers": [1, 2],
+                "optim/name": "adam", "optim/betas": [0.9, 0.99], "seed": 0, "path": "data", "nested/deeper/x": None,
+                "empty": {}}
+    assert user_config(logger) == expected
+    params = mlflow_run(mlflow_server, logger).data.params
+    assert params == {"model/width": "64", "model/name": "vit", "lr": "0.1", "lr_copy": "0.1", "none": "None",
+                      "layers": "[1, 2]", "optim/name": "adam", "optim/betas": "[0.9, 0.99]", "seed": "0", "path": "data",
+                      "nested/deeper/x": "None", "empty": "{}"}
+
+
+# the default `experiment` (upstream's loggers return their backend handle; README: here it is the logger itself,
+# started on first use, with the tracker API), and `save` (upstream: flushes; here every record is on disk already)
+def test_default_experiment_is_the_logger(mlflow_server, tmp_path: Path) -> None:
+    logger = new_logger(mlflow_server, tmp_path)
+    experiment = logger.experiment
+    assert experiment is logger and (Path(logger.save_dir) / "journal.jsonl").exists()
+    experiment.log_metrics({"loss": 0.5}, step=2)
+    experiment.log_params({"lr": 0.1})
+    logger.save()
+    assert [r["k"] for r in JournalReader(logger.run_dir)][-2:] == ["metrics", "params"]  # journalled at the call
+    logger.finalize("success")
+    run = mlflow_run(mlflow_server, logger)
+    assert user_metrics(run) == {"loss": 0.5} and run.data.params == {"lr": "0.1"}

@@ -29,7 +29,6 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
-import torch
 import yaml
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -480,3 +479,15 @@ def test_logger_cli_integration(mlflow_server, tmp_path: Path, log_model: str, e
             cli = InspectParsedCLI(BoringModel, run=False, save_config_callback=None)
         assert isinstance(cli.trainer.logger, DualTrackLogger) and cli.trainer.logger._config.log_model == expected
     assert not (tmp_path / "dualtrack_runs").exists()  # building the logger starts no run
+
+
+# the stock loggers' constructor arguments that have no counterpart here (README): a TypeError at once, naming it,
+# rather than a silently different run
+@pytest.mark.parametrize("argument", [{"artifact_location": "s3://x"}, {"synchronous": True},
+                                      {"checkpoint_path_prefix": "p"}, {"checkpoint_name": "m"},
+                                      {"sync_tensorboard": True}, {"anonymous": "allow"}, {"offline": True}])
+def test_stock_logger_arguments_without_a_counterpart(tmp_path: Path, argument: dict) -> None:
+    (name,) = argument
+    with pytest.raises(TypeError, match=name):
+        DualTrackLogger(save_dir=tmp_path / "runs", start_shipper=False, **argument)
+    assert not (tmp_path / "runs").exists()
