@@ -384,6 +384,24 @@ def test_wandb_logger_init(mlflow_server, tmp_path: Path) -> None:
     assert run.data.params == {"none": "None", "dict/a": "1", "b": "[2, 3, 4]", "path": "path"}
 
 
+# ports test_wandb.py::test_wandb_logger_init, the "wandb run already in progress" part. Difference (README):
+# WandbLogger adopts an existing `wandb.run` (with a warning); this logger's W&B run is made by its delivery
+# process, so a run the user started in the training process is left alone and is a separate run
+def test_wandb_run_already_in_progress(mlflow_server, tmp_path: Path) -> None:
+    import wandb
+
+    users = wandb.init(mode="offline", project="users_own", dir=str(tmp_path))
+    try:
+        logger = new_logger(mlflow_server, tmp_path, mlflow=False)
+        logger.log_metrics({"acc": 1.0}, step=0)
+        logger.finalize("success")
+        assert wandb.run is users and users.id != logger.version
+        assert wandb_points(logger, "acc") == {(0, 1.0)}
+    finally:
+        users.finish()
+    assert wandb_run(tmp_path, users.id).history == []  # nothing of the logger's in the user's run
+
+
 # ports test_wandb.py::test_wandb_logger_init_before_spawn: WandbLogger makes its run in __getstate__ so that
 # spawned workers log to it; here the run id is fixed when the logger is built, so a copy pickled before the run
 # exists (as ddp_spawn sends it) logs to the same run in both backends
