@@ -439,8 +439,8 @@ def test_wandb_pickle(mlflow_server, tmp_path: Path) -> None:
 
 # ports test_wandb.py::test_wandb_log_media (log_text / log_image / log_table in WandbLogger's forms; the
 # MLflow side: test_logger_compat). Differences (README): several images are one image per key (`key_0`,
-# `key_1`, ...), not a list under `key`; a non-list `images` is one image and missing captions are none (no
-# TypeError/ValueError); no log_audio / log_video.
+# `key_1`, ...), not a list under `key`; a non-list `images` is one image, and fewer captions than images is a
+# warning, not a ValueError; no log_audio / log_video.
 def test_wandb_log_media(mlflow_server, tmp_path: Path) -> None:
     import pandas
     from PIL import Image
@@ -457,6 +457,9 @@ def test_wandb_log_media(mlflow_server, tmp_path: Path) -> None:
     logger.log_image(key="stepped", images=[str(tmp_path / "1.jpg"), str(tmp_path / "2.jpg")], step=5)
     logger.log_image(key="captioned", images=[str(tmp_path / "1.jpg"), str(tmp_path / "2.jpg")],
                      caption=["caption 1", "caption 2"])
+    with pytest.warns(DualTrackWarning, match="2 images but 1 captions"):  # WandbLogger: a ValueError
+        logger.log_image(key="short_captions", images=[str(tmp_path / "1.jpg"), str(tmp_path / "2.jpg")],
+                         caption=["caption 1"])
     logger.log_table(key="table", columns=columns, data=data, step=5)
     logger.log_table(key="table_df", dataframe=df, step=5)
     logger.finalize("success")
@@ -470,9 +473,11 @@ def test_wandb_log_media(mlflow_server, tmp_path: Path) -> None:
     assert {k: v[0] for k, v in media.items()} == {
         "samples": "table-file", "samples_df": "table-file", "table": "table-file", "table_df": "table-file",
         "images_0": "image-file", "images_1": "image-file", "stepped_0": "image-file", "stepped_1": "image-file",
-        "captioned_0": "image-file", "captioned_1": "image-file"}
+        "captioned_0": "image-file", "captioned_1": "image-file", "short_captions_0": "image-file",
+        "short_captions_1": "image-file"}
     assert media["stepped_0"][1] == media["stepped_1"][1] == media["table"][1] == 5
     assert media["captioned_1"][2].get("caption") == "caption 2"
+    assert media["short_captions_0"][2].get("caption") == "caption 1" and not media["short_captions_1"][2].get("caption")
     assert (media["images_0"][2]["width"], media["images_0"][2]["height"]) == (8, 8)
     run = mlflow_run(mlflow_server, logger)
     tables = {Path(a.path).name for a in client(mlflow_server).list_artifacts(run.info.run_id, "tables")}
