@@ -20,8 +20,13 @@ def image_to_png(image: Any, path: Path) -> None:
     if isinstance(image, (str, os.PathLike)):  # an image file, as wandb.Image takes (WandbLogger.log_image(images=["a.jpg"]))
         from PIL import Image
 
-        with Image.open(image) as opened:
-            opened.save(path, format="PNG")
+        try:  # a path that is not a readable image is bad input (ValueError), not a disk failure (OSError)
+            with Image.open(image) as opened:
+                opened.load()
+                picture = opened.copy()
+        except OSError as err:
+            raise ValueError(f"Expected an image file, but could not read {str(image)!r} ({type(err).__name__})") from None
+        picture.save(path, format="PNG")
         return
     import numpy as np
     from PIL import Image

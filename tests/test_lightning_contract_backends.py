@@ -460,6 +460,8 @@ def test_wandb_log_media(mlflow_server, tmp_path: Path) -> None:
     with pytest.warns(DualTrackWarning, match="2 images but 1 captions"):  # WandbLogger: a ValueError
         logger.log_image(key="short_captions", images=[str(tmp_path / "1.jpg"), str(tmp_path / "2.jpg")],
                          caption=["caption 1"])
+    with pytest.warns(DualTrackWarning, match="could not read"):  # a path that is no image: a warning, nothing logged
+        logger.log_image(key="missing", images=[str(tmp_path / "nope.jpg")])
     logger.log_table(key="table", columns=columns, data=data, step=5)
     logger.log_table(key="table_df", dataframe=df, step=5)
     logger.finalize("success")
