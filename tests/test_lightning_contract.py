@@ -485,3 +485,27 @@ def test_default_experiment_is_the_logger(mlflow_server, tmp_path: Path) -> None
     logger.finalize("success")
     run = mlflow_run(mlflow_server, logger)
     assert user_metrics(run) == {"loss": 0.5} and run.data.params == {"lr": "0.1"}
+
+
+class FailingModel(TrainLossModel):
+    def training_step(self, batch, batch_idx):
+        if self.global_step == 1:
+            raise RuntimeError("boom in training_step")
+        return super().training_step(batch, batch_idx)
+
+
+# extends test_all.py::test_logger_initialization (ddp_spawn) and test_mlflow.py::test_mlflow_logger_finalize: a fit
+# whose training_step raises ends the run FAILED in MLflow and with exit code 1 in W&B, in one process and under
+# ddp_spawn (where the worker's logger is not finalized by Lightning: its exit ends the open run)
+@pytest.mark.parametrize("strategy", ["auto", pytest.param("ddp_spawn", marks=pytest.mark.slow)])
+def test_failing_fit_ends_failed(mlflow_server, tmp_path: Path, strategy: str) -> None:
+    logger = new_logger(mlflow_server, tmp_path)
+    devices = 2 if strategy == "ddp_spawn" else 1
+    trainer = Trainer(logger=logger, default_root_dir=tmp_path, strategy=strategy, accelerator="cpu", devices=devices,
+                      max_steps=4, log_every_n_steps=1, enable_checkpointing=False, **QUIET)
+    with pytest.raises(Exception, match="boom in training_step"):
+        trainer.fit(FailingModel())
+    run = mlflow_run(mlflow_server, logger)
+    assert run.info.status == "FAILED"
+    assert mlflow_points(mlflow_server, run.info.run_id, "train_loss") != set()  # step 0 was delivered
+    assert wandb_run(logger.run_dir, logger.run_id).exit_code == 1
