@@ -33,7 +33,7 @@ from lightning_dualtrack.normalize import short
 from lightning_dualtrack.run import compat
 from lightning_dualtrack.run.compat import exit_status, wait_for_identity
 from lightning_dualtrack.run.config import DEFAULT_TRACKING_URI, new_run_id, resolve_config
-from lightning_dualtrack.run.lifecycle import shipper_env
+from lightning_dualtrack.run.lifecycle import hold_sigterm_in_spawned_worker, shipper_env
 from lightning_dualtrack.run.media_api import MediaLogging
 from lightning_dualtrack.run.policy import DualTrackWarning
 from lightning_dualtrack.run.session import Run
@@ -348,6 +348,7 @@ class DualTrackLogger(MediaLogging, Logger):
 
     def _atexit(self) -> None:
         if self._run.journal is not None and not self._run.finalized:
+            hold_sigterm_in_spawned_worker()  # ddp_spawn: torch SIGTERMs a failed worker while this ends its run
             self.finalize(exit_status())
 
     def _shipper_env(self) -> dict[str, str]:

@@ -3,18 +3,30 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 
 def image_to_png(image: Any, path: Path) -> None:
-    """Save a matplotlib Figure, a PIL image, or an HxW / HxWxC array (uint8, or float in [0, 1]) as PNG."""
+    """Save a matplotlib Figure, a PIL image, an image file (path) or an HxW / HxWxC array (uint8, or float in [0, 1]) as PNG."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if hasattr(image, "savefig"):  # matplotlib Figure
         image.savefig(path, format="png", dpi=getattr(image, "dpi", 100), bbox_inches="tight")
         return
     if hasattr(image, "save") and hasattr(image, "mode"):  # PIL.Image
         image.save(path, format="PNG")
+        return
+    if isinstance(image, (str, os.PathLike)):  # an image file, as wandb.Image takes (WandbLogger.log_image(images=["a.jpg"]))
+        from PIL import Image
+
+        try:  # a path that is not a readable image is bad input (ValueError), not a disk failure (OSError)
+            with Image.open(image) as opened:
+                opened.load()
+                picture = opened.copy()
+        except OSError as err:
+            raise ValueError(f"Expected an image file, but could not read {str(image)!r} ({type(err).__name__})") from None
+        picture.save(path, format="PNG")
         return
     import numpy as np
     from PIL import Image

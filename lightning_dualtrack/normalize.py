@@ -29,7 +29,8 @@ import math
 import posixpath
 import re
 import reprlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from enum import Enum
 from pathlib import PurePath
 from typing import Any
@@ -136,12 +137,14 @@ def _plain(value: Any, walk: _Walk | None = None, path: str = "", depth: int = 0
     numel = getattr(value, "numel", None)
     if callable(numel) and numel() == 1:
         return _plain(value.item(), walk, path, depth)
-    if isinstance(value, (list, tuple, set, frozenset)):
+    if isinstance(value, (list, tuple, set, frozenset)) or (
+        isinstance(value, (Sequence, AbstractSet)) and not isinstance(value, (str, bytes, bytearray))
+    ):  # also sequences that are not lists, e.g. OmegaConf's ListConfig (a Hydra config's list)
         walk = walk or _Walk(None)
         stop = _cut(walk, value, path, depth, f"nests lists deeper than {MAX_VALUE_DEPTH} levels")
         if stop is not None:
             return stop
-        items = sorted(value, key=repr) if isinstance(value, (set, frozenset)) else value
+        items = sorted(value, key=repr) if isinstance(value, AbstractSet) else value
         walk.active.add(id(value))
         try:
             return [_plain(v, walk, path, depth + 1) for v in items]

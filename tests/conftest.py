@@ -7,6 +7,7 @@ reaches a real W&B or MLflow account. Servers are real processes on loopback, on
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,6 +49,17 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         monkeypatch.setenv(name, str(path))
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture(autouse=True)
+def _reset_mlflow_global_tracking_uri(isolated_env: Path) -> Iterator[None]:
+    """``mlflow.set_tracking_uri`` is process-global and outlives the test that called it; unset it afterwards, so
+    that no test passes only because an earlier one pointed MLflow's default client at a server."""
+    yield
+    if "mlflow" in sys.modules:
+        import mlflow
+
+        mlflow.set_tracking_uri(None)  # also unsets MLFLOW_TRACKING_URI; isolated_env's monkeypatch then restores env
 
 
 @pytest.fixture(scope="session")

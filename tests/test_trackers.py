@@ -48,8 +48,10 @@ def test_seed2_example_verbatim(mlflow_server, monkeypatch) -> None:
     tracker.end_run()
     # ---
 
-    # MLflow resolves a LoggedModel's artifacts (list_artifacts of "model_name", `runs:/` URIs) through the default
-    # tracking URI, not the client's
+    # MLflow resolves a LoggedModel listed or loaded through `runs:/<id>/model_name` with the *default* tracking URI
+    # (`ModelsArtifactRepository` makes a bare `MlflowClient()`), not the client's: point it at the server, as a user
+    # reading this run back would. (Passing in the full suite only hid this: an earlier test had left mlflow's global
+    # tracking URI set; conftest now resets it after every test.)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
     client = MlflowClient(mlflow_server.url)
     (run,) = client.search_runs([client.get_experiment_by_name(experiment_name).experiment_id])

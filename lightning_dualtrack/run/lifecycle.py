@@ -9,8 +9,11 @@ file) and strict mode's health check.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,7 +23,8 @@ from lightning_dualtrack.delivery.process import ShipperProcess
 from lightning_dualtrack.delivery.report import final_report, sync_command
 from lightning_dualtrack.delivery.state import sink_states
 
-__all__ = ["ShipperProcess", "StrictHealth", "final_report", "pending_message", "shipper_env", "sink_states"]
+__all__ = ["ShipperProcess", "StrictHealth", "final_report", "hold_sigterm_in_spawned_worker", "pending_message", "shipper_env",
+           "sink_states"]
 
 
 def shipper_env(tracking_uri: str, user: str | None, password: str | None) -> dict[str, str]:
@@ -35,6 +39,20 @@ def shipper_env(tracking_uri: str, user: str | None, password: str | None) -> di
     paths = [p for p in sys.path if p and os.path.isdir(p)]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([*paths[:3], *env.get("PYTHONPATH", "").split(os.pathsep)])).strip(os.pathsep)
     return env
+
+
+def hold_sigterm_in_spawned_worker() -> None:
+    """At exit in a spawned distributed worker (``ddp_spawn``) with its run still open: block SIGTERM from here on.
+
+    When one worker fails, torch's spawn supervisor SIGTERMs the others at once (SIGKILL 30 s later). The failed
+    worker's peer usually dies first, so that SIGTERM lands while this worker's ``atexit`` ends the run and cut the
+    delivery of its end (the MLflow run stayed RUNNING). Blocked, it is discarded when the process exits.
+    """
+    if multiprocessing.parent_process() is None or "MASTER_PORT" not in os.environ:
+        return
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
 
 
 class StrictHealth:

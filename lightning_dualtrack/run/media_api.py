@@ -46,7 +46,11 @@ class MediaLogging:
         step=, caption=[...])`` and ``log_image(key, [images])`` log each image as ``key`` (one) or ``key_0``..."""
         self._ensure_started()
         if key is not None or images is not None:
-            for k, img, cap in compat.split_images(str(key if key is not None else name), images if images is not None else image, caption):
+            given = images if images is not None else image
+            if isinstance(caption, (list, tuple)) and isinstance(given, (list, tuple)) and len(caption) != len(given):
+                self._run.messages.warn(f"log_image({str(key if key is not None else name)!r}): {len(given)} images but "
+                                        f"{len(caption)} captions; images past the last caption have none, extra captions are ignored")
+            for k, img, cap in compat.split_images(str(key if key is not None else name), given, caption):
                 self._guarded("log_image", self._run.log_image, img, k, step, cap, close)
             return
         self._guarded("log_image", self._run.log_image, image, name, step, caption, close)

@@ -267,10 +267,34 @@ class Payloads:
             epoch = re.search(r"epoch=(\d+)", src.name)
             if epoch:
                 aliases.append(f"epoch-{int(epoch.group(1))}")
-            meta = {"score": float(score) if score is not None else None, "original_filename": name}
+            meta = {"score": _score(score), "original_filename": name, **checkpoint_settings(checkpoint_callback)}
             out.append(records.checkpoint(rel, aliases, f"model-{self.run_id}", meta))
             self.logged_ckpt_time[path] = mtime
         return out
+
+
+# The callback settings WandbLogger puts in a checkpoint artifact's metadata (under the callback's class name).
+_CKPT_SETTINGS = ("monitor", "mode", "save_last", "save_top_k", "save_weights_only", "_every_n_train_steps")
+
+
+def checkpoint_settings(callback: Any) -> dict[str, dict[str, Any]]:
+    """``{"ModelCheckpoint": {monitor, mode, save_last, save_top_k, ...}}``, as WandbLogger's metadata has it."""
+    values = {k: getattr(callback, k) for k in _CKPT_SETTINGS if hasattr(callback, k)}
+    values = {k: v for k, v in values.items() if v is None or isinstance(v, (str, int, float, bool))}
+    return {callback.__class__.__name__: values} if values else {}  # __class__: Lightning passes a weakref.proxy
+
+
+def _score(score: Any) -> int | float | None:
+    """A monitored score as a Python number (a tensor's ``item()``: an int stays an int)."""
+    if score is None:
+        return None
+    value = score.item() if hasattr(score, "item") else score
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value
+    try:
+        return to_float(value)
+    except DroppedValue:
+        return None
 
 
 # Checkpoint entries that hold what the user configured (and so may hold a secret).
