@@ -67,10 +67,19 @@ def run_status(run_dir: Path) -> dict[str, Any]:
             "closed": bool(state.get("closed")) and delivered == len(entries),
             "run_id": ident.get("run_id"),
             "where": ident.get("url") or ident.get("dir"),
+            "dirs": _json_list(ident.get("dirs")),  # every W&B directory of a run resumed by other processes
             "last_error": state.get("last_error"),
             "blocked": state.get("blocked"),
         }
     return out
+
+
+def _json_list(text: Any) -> list[str]:
+    try:
+        value = json.loads(text) if text else []
+    except (TypeError, ValueError):
+        return []
+    return [str(v) for v in value] if isinstance(value, list) else []
 
 
 def _undelivered(status: dict[str, Any], only: set[str] | None = None) -> bool:
@@ -83,6 +92,10 @@ def _print_status(status: dict[str, Any]) -> None:
     for name, b in status["backends"].items():
         state = "up to date" if b["closed"] and not b["failed"] else ("pending" if b["pending"] else ("rejected" if b["failed"] else "open"))
         print(f"  {name:7s} delivered {b['delivered']:>7d}  pending {b['pending']:>7d}  rejected {b['failed']:>4d}  [{state}]  {b['run_id'] or '-'}  {b['where'] or ''}")
+        if len(b.get("dirs") or []) > 1:
+            print(f"          {len(b['dirs'])} directories (one per process that wrote the run):")
+            for d in b["dirs"]:
+                print(f"            {d}")
         if b.get("blocked"):
             print(f"          BLOCKED: {b['blocked'].get('reason')}\n          to deliver: {b['blocked'].get('action')}")
         elif b["last_error"] and not b["closed"]:
