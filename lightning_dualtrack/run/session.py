@@ -103,9 +103,6 @@ class Run:
         self.append(records.start(self.config.run_id, bool(previous)))
         for key in self.config.tags:
             self.keys.register(key)
-        if self.config.log_system_info and not self._metadata_logged:
-            self._metadata_logged = True
-            self._log_system_metadata()
         if self.shipper is not None and not self.shipper.alive():
             self.shipper = None  # it ended the runs it held (session_grace): a new one continues the run
         if self.config.start_shipper and self.config.sinks and self.shipper is None:
@@ -120,6 +117,10 @@ class Run:
             self._release_registered = True
             # registered before the facade's own atexit finalize, so it runs after it (atexit is LIFO)
             atexit.register(self.release)
+        if self.config.log_system_info and not self._metadata_logged:
+            # after the shipper's start: its start-up (imports, wandb.init) overlaps this (~0.3 s: the package list)
+            self._metadata_logged = True
+            self._log_system_metadata()
         if self.config.strict and self.shipper is not None:
             self.strict_health = StrictHealth(self.run_dir, self.config.sinks, self.config.flush_interval)
             self.shipper.wait_until_open(120.0)
