@@ -130,10 +130,11 @@ class ShipperProcess:
         raise TimeoutError(f"strict mode: the backends did not start within {timeout} s")
 
     # -- the end of a session, the end of the run ---------------------------------------------------
-    def end_session(self, timeout: float, end_offset: int) -> tuple[dict[str, dict[str, Any]], bool]:
+    def end_session(self, timeout: float, end_offset: int, background: bool = False) -> tuple[dict[str, dict[str, Any]], bool]:
         """Wait (bounded by ``timeout``) until every backend stored the session up to journal byte ``end_offset``
         and ended it; returns the per-sink states and whether the process is kept (it then holds the backend
         runs open for the next session of this process: one W&B directory for fit and test).
+        ``background``: do not wait for a backend whose run is not open yet (it gets the session later).
 
         The process runs at normal priority from here on (training is over). Out of time: as :meth:`finish`
         (the process is told to stop; the rest stays in the journal). A SIGINT or SIGTERM during the wait:
@@ -143,8 +144,15 @@ class ShipperProcess:
         if proc is None:
             return sink_states(self.run_dir, self.sinks), False
         unidle(proc.pid)
-        return self._wait(proc, timeout, until=lambda states: all(
-            s.get("closed") and int(s.get("offset") or 0) >= end_offset for s in states.values()))
+
+        def ended(state: dict[str, Any]) -> bool:
+            if state.get("closed") and int(state.get("offset") or 0) >= end_offset:
+                return True
+            # ``background``: a backend still starting (its run not open yet) is not waited for; the process,
+            # kept, delivers the session to it after this returns (and before it exits)
+            return background and not state.get("open") and not state.get("last_error")
+
+        return self._wait(proc, timeout, until=lambda states: all(ended(s) for s in states.values()))
 
     def release(self, timeout: float) -> dict[str, dict[str, Any]]:
         """The run is over (the training process exits, or ``end_run``): end the backend runs held open now

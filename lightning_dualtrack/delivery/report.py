@@ -60,6 +60,7 @@ def final_report(
     run_id = run_dir.name
     lines = [f"[dualtrack] run {run_id}: {run_dir}"]
     pending_names: list[str] = []
+    background: list[str] = []  # pending, delivered by the kept delivery process after this session's end
     needs_retry_flag = False
     unparseable = 0
     for name, state in states.items():
@@ -86,6 +87,10 @@ def final_report(
             elif not state.get("identity"):
                 why = "; the backend run was not created"
             what = f"{pending} record(s) PENDING" if pending else "PENDING (the run is not closed)"
+            if held_by and not state.get("last_error") and not state.get("blocked"):
+                background.append(name)
+                why = (f"; being delivered in the background by the delivery process (pid {held_by}), which "
+                       "the end of this process waits for (bounded by finalize_timeout)")
             lines.append(f"[dualtrack]   {name}: {what} -> {where(state)}{why}")
         if rejected:
             reasons = "; ".join(f"{n} x {r}" for r, n in rejected_by_reason(rejected).most_common(3))
@@ -98,6 +103,10 @@ def final_report(
         lines.append(f"[dualtrack]   journal: {unparseable} line(s) could not be parsed and were skipped (counted, not delivered)")
     if restarts:
         lines.append(f"[dualtrack]   the delivery process died and was restarted {restarts} time(s); nothing acknowledged was lost")
+    if background:
+        lines.append(f"[dualtrack] it is safe in the journal; if the delivery process is stopped first, deliver it "
+                     f"with:  {sync_command(run_dir)}")
+    pending_names = [n for n in pending_names if n not in background]
     if pending_names:
         names = ", ".join(dict.fromkeys(pending_names))
         lines.append(

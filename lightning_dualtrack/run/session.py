@@ -51,6 +51,16 @@ from lightning_dualtrack.run.policy import KeyRules, Messages, ParamRules
 from lightning_dualtrack.sinks.base import RUN_FILE, read_json, write_json_atomic
 
 _STATUSES = ("success", "failed", "aborted")
+FINALIZE_WAIT = ("all", "started")
+
+
+def finalize_wait() -> str:
+    """What a session's end waits for: ``all`` (default: every backend has stored the session), or ``started``
+    (``DUALTRACK_FINALIZE_WAIT=started``: only the backends whose run is open; a backend still starting -- W&B's
+    init takes ~1 s -- gets the session from the delivery process afterwards, which the end of the process
+    waits for). The end of a short run then costs little; the report names what is still being delivered."""
+    value = os.environ.get("DUALTRACK_FINALIZE_WAIT", "all").strip().lower() or "all"
+    return value if value in FINALIZE_WAIT else "all"
 _NEW = object()
 class Run:
     """One run's runtime state on rank zero. Not thread-safe: log calls come from one thread."""
@@ -316,7 +326,8 @@ class Run:
             self.restarts += self.shipper.restarts
             self.shipper.restarts = 0  # counted; the same process may deliver the next session
             end_offset = os.path.getsize(self.run_dir / JOURNAL_NAME)
-            report, kept = self.shipper.end_session(self.config.finalize_timeout, end_offset)
+            background = finalize_wait() == "started" and not final and not self.config.strict
+            report, kept = self.shipper.end_session(self.config.finalize_timeout, end_offset, background=background)
             if not kept:
                 self.shipper = None
             elif final:

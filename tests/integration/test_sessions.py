@@ -145,3 +145,39 @@ def test_a_run_resumed_by_another_process_names_every_wandb_directory(mlflow_ser
     assert main(["status", str(first.run_dir)]) == 0
     out = capsys.readouterr().out
     assert all(d in out for d in dirs), out
+
+
+_SHORT = textwrap.dedent("""
+    import sys, time
+    from lightning_dualtrack import DualTrackLogger
+    from tests.helpers import TinyModel, loaders, trainer
+
+    logger = DualTrackLogger(experiment_name="short", tracking_uri=sys.argv[1], wandb_mode="offline", save_dir=sys.argv[2])
+    t0 = time.perf_counter()
+    trainer(logger, max_steps=12).fit(TinyModel(), loaders()[0])
+    print("FIT", time.perf_counter() - t0, logger.run_dir, logger.run_id, flush=True)
+""")
+
+
+def test_finalize_wait_started_returns_at_once_and_the_process_end_delivers_everything(mlflow_server, tmp_path) -> None:
+    script = tmp_path / "short.py"
+    script.write_text(_SHORT)
+    env = {**os.environ, "DUALTRACK_FINALIZE_WAIT": "started",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, str(script), mlflow_server.url, str(tmp_path / "runs")], capture_output=True,
+                         text=True, env=env, cwd=tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (line,) = [x for x in out.stdout.splitlines() if x.startswith("FIT")]
+    _, _, run_dir, run_id = line.split()
+    run_dir = Path(run_dir)
+    # the report was true when fit returned: what was not stored yet was named, with the process delivering it
+    if "PENDING" in out.stderr:
+        assert "being delivered in the background by the delivery process (pid" in out.stderr
+        assert f"dualtrack sync {run_dir}" in out.stderr
+    # once the training process has exited, everything is stored in both, exactly once, and the W&B run finished
+    w = read_runs(run_dir, run_id)
+    assert w.exit_code == 0 and len(_offline_dirs(run_dir, run_id)) == 1
+    assert [r["trainer/global_step"] for r in w.history if "m0" in r] == list(range(12))
+    state = json.loads((run_dir / "state" / "mlflow.json").read_text())
+    assert metric_steps(mlflow_server.url, state["identity"]["run_id"], "m0") == list(range(12))
+    assert MlflowClient(mlflow_server.url).get_run(state["identity"]["run_id"]).info.status == "FINISHED"
