@@ -52,7 +52,7 @@ from lightning_dualtrack.sinks.base import RunContext, Sink
 MAX_BATCH = 20_000  # records read at once (acks are per request, not per read)
 ORPHAN_TIMEOUT_S = 120.0  # default; ``DUALTRACK_ORPHAN_TIMEOUT`` or run setting ``orphan_timeout``
 BLOCKED_RETRY_S = 10.0
-SESSION_GRACE_S = 120.0  # default; ``DUALTRACK_SESSION_GRACE`` or run setting ``session_grace``
+SESSION_GRACE_S = 60.0  # default; ``DUALTRACK_SESSION_GRACE`` or run setting ``session_grace``
 HOLD_TIMEOUT_S = 10.0  # how long a session's end waits to see its last W&B row in the run file
 _HOLD_POLL_S = 0.1  # while held: how often the journal (its size) and the parent are looked at
 LINK_WAIT_S = 3.0  # at the end, how long a sink waits for the other's run identity before closing
