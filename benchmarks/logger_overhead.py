@@ -29,6 +29,16 @@ The ``--scale`` scenario (DualTrackLogger only unless ``--configs`` says otherwi
 10 metrics by default) reports the time from the end of training until every point is on the MLflow
 server (polled in the server's sqlite store, then checked through the REST API).
 
+The ``--small-run`` scenario (50 steps, ``noop`` and ``dualtrack``) reports what the end of a small run
+costs: ``trainer.fit`` wall time (finalize included) and the time from the worker's last line to its
+exit (interpreter teardown, where the logger ends the W&B run it kept open for a next stage), each as
+the difference against ``noop``.
+
+The ``--freshness`` scenario (``dualtrack``, one metric every ~50 ms for 200 steps) reports how long a
+point takes from the log call to the MLflow server's store (its sqlite, polled every 20 ms from the
+driver process): p50/p95/max over every point, and over the points logged once delivery had started
+(the first point visible), plus the shipper's CPU time during training.
+
 At 400 steps of ~2 ms the measured window is about a second: it shows what a logger costs while it
 starts up and delivers its first batches. ``--steps 3000`` (or the scale scenario) shows the steady
 state.
@@ -39,6 +49,8 @@ Examples::
     python benchmarks/logger_overhead.py --quick              # the test suite's smoke run
     python benchmarks/logger_overhead.py --configs noop,dualtrack --repeats 5
     python benchmarks/logger_overhead.py --scale              # 100,000 points, time until on the server
+    python benchmarks/logger_overhead.py --small-run          # the end of a 50-step fit, against noop
+    python benchmarks/logger_overhead.py --freshness          # log-call-to-server latency during training
 """
 
 from __future__ import annotations
@@ -326,6 +338,8 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
             self.net = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1))
 
         def training_step(self, batch, batch_idx):
+            if spec.get("step_sleep"):
+                time.sleep(spec["step_sleep"])  # --freshness: a step of a real model's length
             x, y = batch
             loss = torch.nn.functional.mse_loss(self.net(x), y)
             v = loss.detach()
@@ -354,6 +368,7 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
 
         def on_train_end(self, trainer, pl_module) -> None:
             self.train_end = time.perf_counter()
+            self.shipper_cpu_s = _shipper_cpu_s(trainer.loggers)
 
     # ---- the loggers --------------------------------------------------------------------------
     run_name = f"{config}-r{spec['repeat']}"
@@ -398,6 +413,7 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
                 wandb_mode="offline",
                 save_dir=str(workdir / "dualtrack_runs"),
                 start_shipper=config == "dualtrack",
+                **({"flush_interval": spec["flush_interval"]} if spec.get("flush_interval") else {}),
             )
         )
     if not loggers:
@@ -465,6 +481,8 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
         "close_s": close_s,
         "train_end_to_fit_return_s": fit_end - loop_end,
     }
+    if getattr(timer, "shipper_cpu_s", None) is not None:
+        result["shipper_cpu_s"] = timer.shipper_cpu_s  # the shipper and wandb-core, from their start to train end
 
     # ---- what reached the backends ----------------------------------------------------------
     mlflow_run_id = wandb_run_id = None
@@ -530,6 +548,25 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def _shipper_cpu_s(loggers: list[Any]) -> float | None:
+    """CPU seconds used so far by DualTrackLogger's delivery process and its children (wandb-core)."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    for lg in loggers:
+        shipper = getattr(lg, "_shipper", None)
+        if shipper is None or getattr(shipper, "pid", None) is None:
+            continue
+        try:
+            proc = psutil.Process(shipper.pid)
+            procs = [proc, *proc.children(recursive=True)]
+            return sum(p.cpu_times().user + p.cpu_times().system for p in procs)
+        except psutil.Error:
+            return None
+    return None
+
+
 # --------------------------------------------------------------------------------------------------
 # Driver
 # --------------------------------------------------------------------------------------------------
@@ -589,8 +626,12 @@ def _run_one(spec: dict[str, Any], root: Path, env: dict[str, str], timeout: flo
             rc = proc.returncode
         except subprocess.TimeoutExpired:
             rc = "timeout"
+    exited_at = time.time()
     if rc == 0 and out_path.exists():
-        return json.loads(out_path.read_text())
+        result = json.loads(out_path.read_text())
+        if "written_at" in result:  # the worker's exit: interpreter teardown, atexit hooks
+            result["exit_s"] = exited_at - result.pop("written_at")
+        return result
     tail = log_path.read_text(errors="replace")[-3000:]
     return {
         "config": spec["config"],
@@ -776,6 +817,92 @@ def backlog_scenario(points: int, keys: int, workdir: Path) -> dict[str, Any]:
     }
 
 
+# --------------------------------------------------------------------------------------------------
+# --freshness: how long a point logged during training takes to be on the MLflow server
+# --------------------------------------------------------------------------------------------------
+
+
+def freshness_scenario(steps: int, step_sleep: float, workdir: Path, env: dict[str, str], timeout: float,
+                       flush_interval: float | None = None) -> dict[str, Any]:
+    """One ``dualtrack`` fit logging one metric per ~``step_sleep`` s; the driver polls the server's sqlite store
+    every 20 ms and notes when each point appears. Latency = seen - the point's MLflow timestamp (the log call's
+    wall clock). "steady" leaves out the points logged before delivery started (the shipper's start-up)."""
+    import threading
+
+    server, impl = _mlflow_server(workdir / "server")
+    key = f"{METRIC_PREFIX}0"
+    with server:
+        db = _sqlite_path(getattr(server, "backend_store_uri", None)) or str(workdir / "server" / "mlflow.db")
+        spec = {"index": 0, "config": "dualtrack", "repeat": 0, "steps": steps, "metrics": 1, "warmup": 5,
+                "torch_threads": 1, "url": server.url, "batch_size": 32, "sqlite_path": db, "late_wait": 10.0,
+                "scale": False, "scale_timeout": 0.0, "step_sleep": step_sleep, "flush_interval": flush_interval}
+        box: dict[str, Any] = {}
+        worker = threading.Thread(target=lambda: box.update(result=_run_one(spec, workdir, env, timeout)))
+        worker.start()
+        seen: dict[int, tuple[float, int]] = {}
+        conn = None
+        while worker.is_alive():
+            try:
+                if conn is None:
+                    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1.0)
+                rows = conn.execute("SELECT step, timestamp FROM metrics WHERE key = ?", (key,)).fetchall()
+            except sqlite3.Error:
+                rows = []
+            now = time.time()
+            for step, ts in rows:
+                seen.setdefault(int(step), (now, int(ts)))
+            time.sleep(0.02)
+        worker.join()
+        if conn is not None:
+            conn.close()
+    result = box.get("result") or {}
+    lat = sorted(v[0] - v[1] / 1000 for v in seen.values())
+    first_seen = min((v[0] for v in seen.values()), default=None)
+    steady = sorted(v[0] - v[1] / 1000 for v in seen.values() if first_seen is not None and v[1] / 1000 >= first_seen)
+
+    def stats(xs: list[float]) -> dict[str, Any]:
+        if not xs:
+            return {"n": 0}
+        return {"n": len(xs), "p50_s": round(statistics.median(xs), 3), "p95_s": round(_percentile(xs, 0.95), 3),
+                "max_s": round(xs[-1], 3)}
+
+    first_logged = min((v[1] / 1000 for v in seen.values()), default=None)
+    loop_s = result.get("loop_s")
+    cpu = result.get("shipper_cpu_s")
+    return {
+        "steps": steps,
+        "step_sleep_s": step_sleep,
+        "flush_interval": flush_interval,
+        "points_seen": len(seen),
+        "all": stats(lat),
+        "steady": stats(steady),
+        "startup_s": round(first_seen - first_logged, 3) if first_seen and first_logged else None,
+        "loop_s": round(loop_s, 2) if loop_s else None,
+        "shipper_cpu_s": round(cpu, 2) if cpu is not None else None,
+        "shipper_cpu_share": round(cpu / loop_s, 3) if cpu is not None and loop_s else None,
+        "mean_step_ms": round(result["mean_ms"], 2) if "mean_ms" in result else None,
+        "error": result.get("error"),
+    }
+
+
+def _small_run_lines(runs: list[dict[str, Any]]) -> list[str]:
+    """The end of a small run: medians over the repeats, and dualtrack's difference against noop."""
+    def med(config: str, key: str) -> float | None:
+        xs = [r[key] for r in runs if r.get("config") == config and "error" not in r and r.get(key) is not None]
+        return statistics.median(xs) if xs else None
+
+    out = []
+    for key, what in (("fit_s", "trainer.fit wall time (finalize included)"),
+                      ("exit_s", "worker exit (interpreter teardown, atexit: the held W&B run is finished)")):
+        a, b = med(FLOOR, key), med(HEADLINE, key)
+        if a is not None and b is not None:
+            out.append(f"  {what}: {FLOOR} {a:.2f} s, {HEADLINE} {b:.2f} s, difference {b - a:+.2f} s")
+    fin = med(HEADLINE, "finalize_s")
+    if fin is not None:
+        out.append(f"  {HEADLINE} finalize: {fin:.2f} s")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -851,8 +978,31 @@ def main(argv: list[str] | None = None) -> int:
         help="deliver a journal of POINTS metric points (--metrics keys per step, default 10) with `dualtrack sync`'s "
         "code and compare with the server alone (1000-metric MlflowClient.log_batch); e.g. --backlog 200000",
     )
+    p.add_argument(
+        "--small-run",
+        action="store_true",
+        help="the end of a small run: 50 steps, noop and dualtrack, fit and exit wall time as differences",
+    )
+    p.add_argument(
+        "--freshness",
+        action="store_true",
+        help="log-call-to-server latency of points logged during a fit (p50/p95/max), and the shipper's CPU time",
+    )
+    p.add_argument("--step-sleep", type=float, default=0.05, help="--freshness: seconds per training step (default 0.05)")
+    p.add_argument("--flush-interval", type=float, default=None,
+                   help="--freshness: DualTrackLogger's flush_interval (default: the logger's default)")
     p.add_argument("--_worker", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+
+    if args.freshness:
+        env = {k_: v for k_, v in os.environ.items() if not k_.startswith(("MLFLOW_", "WANDB_"))}
+        env.update(WANDB_MODE="offline", WANDB_SILENT="true", PYTHONWARNINGS="ignore", GIT_PYTHON_REFRESH="quiet")
+        with tempfile.TemporaryDirectory(prefix="dualtrack-fresh-") as tmp:
+            result = freshness_scenario(args.steps or 200, args.step_sleep, Path(tmp), env, args.run_timeout,
+                                        args.flush_interval)
+        result["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+        print(json.dumps(result, indent=1))
+        return 0 if result["points_seen"] == result["steps"] and not result["error"] else 1
 
     if args.backlog:
         with tempfile.TemporaryDirectory(prefix="dualtrack-backlog-") as tmp:
@@ -867,12 +1017,17 @@ def main(argv: list[str] | None = None) -> int:
         except Exception:
             traceback.print_exc()
             return 1
+        result["written_at"] = time.time()
         Path(args._worker[1]).write_text(json.dumps(result))
         return 0
 
     if args.quick and args.scale:
         p.error("--quick and --scale are separate scenarios: pick one")
-    if args.scale:
+    if args.small_run:
+        steps, k, repeats = args.steps or 50, args.metrics or 3, args.repeats or 3
+        configs = (args.configs or f"{FLOOR},{HEADLINE}").split(",")
+        args.warmup = min(args.warmup, 5)
+    elif args.scale:
         steps, k, repeats = args.steps or 10_000, args.metrics or 10, args.repeats or 1
         configs = (args.configs or "dualtrack").split(",")
     elif args.quick:
@@ -890,7 +1045,7 @@ def main(argv: list[str] | None = None) -> int:
 
     env_info = _environment()
     skipped: dict[str, str] = {}
-    scenario = "scale" if args.scale else ("quick" if args.quick else "overhead")
+    scenario = "scale" if args.scale else ("quick" if args.quick else ("small_run" if args.small_run else "overhead"))
     print(
         f"# logger_overhead ({scenario}): {steps} steps x {k} metrics, repeats {repeats}, configs {configs}"
     )
@@ -1033,6 +1188,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"(target <= {TARGETS['scale_delivery_s']} s) {verdict}; finalize {_fmt(s['finalize_s'])} s; "
                 f"MLflow lost {s['mlflow_lost']}, W&B lost {s['wandb_lost']}; mean step {_fmt(s['mean_ms'])} ms"
             )
+    if args.small_run:
+        print(f"\nthe end of a small run ({steps} steps, median of {repeats}):")
+        print("\n".join(_small_run_lines(runs)))
     print(f"\nwrote {base.with_suffix('.json')} and {base.with_suffix('.csv')}")
     print(f"command: {report['command']}")
     failed = [r for r in runs if "error" in r]

@@ -67,12 +67,21 @@ def run_status(run_dir: Path) -> dict[str, Any]:
             "closed": bool(state.get("closed")) and delivered == len(entries),
             "run_id": ident.get("run_id"),
             "where": ident.get("url") or ident.get("dir"),
+            "dirs": _json_list(ident.get("dirs")),  # every W&B directory of a run resumed by other processes
             "last_error": state.get("last_error"),
             "blocked": state.get("blocked"),
             "requests": state.get("requests", 0),
             "response_ms": state.get("response_ms") or {},
         }
     return out
+
+
+def _json_list(text: Any) -> list[str]:
+    try:
+        value = json.loads(text) if text else []
+    except (TypeError, ValueError):
+        return []
+    return [str(v) for v in value] if isinstance(value, list) else []
 
 
 def _undelivered(status: dict[str, Any], only: set[str] | None = None) -> bool:
@@ -89,6 +98,10 @@ def _print_status(status: dict[str, Any]) -> None:
         if rt.get("response_p50_ms") is not None:
             print(f"          requests {b.get('requests', 0)}  response p50 {rt['response_p50_ms']:.1f} ms  "
                   f"p95 {rt['response_p95_ms']:.1f} ms  (last {int(rt.get('response_window', 0))} requests)")
+        if len(b.get("dirs") or []) > 1:
+            print(f"          {len(b['dirs'])} directories (one per process that wrote the run):")
+            for d in b["dirs"]:
+                print(f"            {d}")
         if b.get("blocked"):
             print(f"          BLOCKED: {b['blocked'].get('reason')}\n          to deliver: {b['blocked'].get('action')}")
         elif b["last_error"] and not b["closed"]:

@@ -235,7 +235,12 @@ class DualTrackLogger(MediaLogging, Logger):
         return self
 
     def end_run(self, status: str = "success") -> None:
-        self.finalize(status)
+        """End the run in both backends now (after Lightning's ``finalize`` the W&B run stays open for a next stage)."""
+        self._run.ending = True
+        try:
+            self.finalize(status)
+        finally:
+            self._run.ending = False
 
     def __enter__(self) -> DualTrackLogger:
         return self.start_run()

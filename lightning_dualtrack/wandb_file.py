@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["WandbRunData", "find_run_files", "read_run_file", "read_runs", "split_records"]
+__all__ = ["WandbRunData", "find_run_files", "last_history_value", "read_run_file", "read_runs", "split_records"]
 
 FILE_HEADER = struct.pack("<4sHB", b":W&B", 0xBEE1, 0)
 BLOCK_SIZE = 32 * 1024
@@ -385,6 +385,57 @@ def read_runs(root: str | os.PathLike[str], run_id: str) -> WandbRunData:
             f"Expected a W&B run file `run-{run_id}.wandb` under {str(root)!r}, but found none"
         )
     return _read_files(paths)
+
+
+def last_history_value(path: str | os.PathLike[str], key: str, tail_blocks: int = 4) -> Any:
+    """The value of ``key`` in the last history row of one run file that holds it (``None``: no such row).
+
+    Cheap on a long run: only the last ``tail_blocks`` 32 KiB blocks are read and decoded (a chunk never
+    crosses a block boundary, so reading can start at any block: chunks continuing a record from an
+    earlier block are skipped); the window doubles until a row with ``key`` is found or the whole file
+    was read. A torn tail (a file still being written) ends reading quietly, as :func:`split_records`.
+    """
+    from google.protobuf.message import DecodeError
+    from wandb.proto import wandb_internal_pb2
+
+    path = Path(path)
+    size = path.stat().st_size
+    blocks = max(1, tail_blocks)
+    while True:
+        start = max(0, (size // BLOCK_SIZE - blocks + 1) * BLOCK_SIZE)
+        with open(path, "rb") as fh:
+            fh.seek(start)
+            data = fh.read(size - start)
+        if start == 0:
+            _check_header(data)
+        pos, parts, found, begun = (len(FILE_HEADER) if start == 0 else 0), [], None, start == 0
+        while (chunk := _read_chunk(data, pos)) is not None:
+            pos, chunk_type, payload = chunk
+            if not begun and chunk_type in (MIDDLE, LAST):
+                continue  # the rest of a record that began before this window
+            begun = True
+            if chunk_type == FULL:
+                parts, whole = [], payload
+            elif chunk_type == FIRST:
+                parts = [payload]
+                continue
+            elif chunk_type == MIDDLE:
+                parts.append(payload)
+                continue
+            else:
+                whole, parts = b"".join([*parts, payload]), []
+            record = wandb_internal_pb2.Record()
+            try:
+                record.ParseFromString(whole)
+            except DecodeError:
+                break
+            if record.WhichOneof("record_type") == "history":
+                for item in record.history.item:
+                    if _item_path(item) == [key]:
+                        found = _item_value(item)
+        if found is not None or start == 0:
+            return found
+        blocks *= 2
 
 
 def _read_files(paths: Iterable[Path]) -> WandbRunData:

@@ -41,6 +41,7 @@ class ShipperProcess:
         self.proc: subprocess.Popen | None = None
         self._next_check = 0.0
         self._gave_up_restarting = False
+        self.kept = False  # the process outlived a session's end, holding the backend runs open for the next
 
     # -- start -------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -78,6 +79,11 @@ class ShipperProcess:
         code = self.proc.poll()
         if code is None or self._gave_up_restarting:
             return
+        if self.kept and code == 0:
+            # it ended the held runs (grace time over) just as this session began: a fresh one continues the run
+            self.kept = False
+            self._start_quietly()
+            return
         if self.restarts >= MAX_RESTARTS:
             self._gave_up_restarting = True
             self.warn(
@@ -98,6 +104,16 @@ class ShipperProcess:
             self._gave_up_restarting = True
             self.warn(f"DUALTRACK: cannot restart the delivery process ({err}); deliver later with `dualtrack sync {self.run_dir}`")
 
+    def _start_quietly(self) -> None:
+        try:
+            self.start()
+        except OSError as err:
+            self._gave_up_restarting = True
+            self.warn(f"DUALTRACK: cannot start the delivery process ({err}); deliver later with `dualtrack sync {self.run_dir}`")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
     def wait_until_open(self, timeout: float) -> None:
         """Strict mode: return once every backend run is open; raise if one cannot start."""
         deadline = time.monotonic() + timeout
@@ -113,6 +129,46 @@ class ShipperProcess:
             time.sleep(0.1)
         raise TimeoutError(f"strict mode: the backends did not start within {timeout} s")
 
+    # -- the end of a session, the end of the run ---------------------------------------------------
+    def end_session(self, timeout: float, end_offset: int, background: bool = False) -> tuple[dict[str, dict[str, Any]], bool]:
+        """Wait (bounded by ``timeout``) until every backend stored the session up to journal byte ``end_offset``
+        and ended it; returns the per-sink states and whether the process is kept (it then holds the backend
+        runs open for the next session of this process: one W&B directory for fit and test).
+        ``background``: do not wait for a backend whose run is not open yet (it gets the session later).
+
+        The process runs at normal priority from here on (training is over). Out of time: as :meth:`finish`
+        (the process is told to stop; the rest stays in the journal). A SIGINT or SIGTERM during the wait:
+        the report, the sync command, then the signal's usual effect.
+        """
+        proc = self.proc
+        if proc is None:
+            return sink_states(self.run_dir, self.sinks), False
+        unidle(proc.pid)
+
+        def ended(state: dict[str, Any]) -> bool:
+            if state.get("closed") and int(state.get("offset") or 0) >= end_offset:
+                return True
+            # ``background``: a backend still starting (its run not open yet) is not waited for; the process,
+            # kept, delivers the session to it after this returns (and before it exits)
+            return background and not state.get("open") and not state.get("last_error")
+
+        return self._wait(proc, timeout, until=lambda states: all(ended(s) for s in states.values()))
+
+    def release(self, timeout: float) -> dict[str, dict[str, Any]]:
+        """The run is over (the training process exits, or ``end_run``): end the backend runs held open now
+        (SIGUSR1) and wait, bounded, for the process to exit (it is not killed: what it holds is stored)."""
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            try:
+                proc.send_signal(signal.SIGUSR1)
+                proc.wait(timeout=max(0.1, timeout))
+            except (subprocess.TimeoutExpired, OSError):
+                pass
+        if proc is not None and proc.poll() is not None:
+            self.proc = None
+        self.kept = False
+        return sink_states(self.run_dir, self.sinks)
+
     # -- stop --------------------------------------------------------------------------------------
     def finish(self, timeout: float) -> dict[str, dict[str, Any]]:
         """Wait (bounded by ``timeout``) for delivery to end, then SIGTERM, then kill; per-sink states.
@@ -124,12 +180,22 @@ class ShipperProcess:
         proc = self.proc
         if proc is None:
             return sink_states(self.run_dir, self.sinks)
+        return self._wait(proc, timeout, until=None)[0]
+
+    def _wait(self, proc: subprocess.Popen, timeout: float, until: Callable[[dict], bool] | None) -> tuple[dict[str, dict[str, Any]], bool]:
         received: list[int] = []
         previous = self._trap_signals(received)
         try:
             deadline = time.monotonic() + timeout
             grace = min(3.0, timeout / 3)
             while proc.poll() is None and not received and time.monotonic() < deadline - grace:
+                if until is not None:
+                    states = sink_states(self.run_dir, self.sinks)
+                    if until(states):
+                        self.kept = True
+                        return states, True
+                    time.sleep(0.02)
+                    continue
                 try:
                     proc.wait(timeout=0.1)
                 except subprocess.TimeoutExpired:
@@ -143,6 +209,7 @@ class ShipperProcess:
                     proc.kill()
                     proc.wait()
             self.proc = None
+            self.kept = False
         finally:
             self._restore_signals(previous)
         states = sink_states(self.run_dir, self.sinks)
@@ -153,7 +220,7 @@ class ShipperProcess:
             print(f"[dualtrack] interrupted while delivering; the rest is safe in the journal: dualtrack sync {self.run_dir}",
                   file=sys.stderr, flush=True)
             self._reraise(received[0], previous.get(received[0]))
-        return states
+        return states, False
 
     @staticmethod
     def _trap_signals(received: list[int]) -> dict[int, Any]:
@@ -186,3 +253,27 @@ class ShipperProcess:
         os.kill(os.getpid(), sig)  # the usual status: killed by SIGTERM (143 in a shell)
         time.sleep(1.0)
         raise SystemExit(128 + sig)
+
+
+def unidle(pid: int) -> None:
+    """Training is over: run the delivery process ``pid`` (every thread, and its children such as wandb-core) at
+    normal priority, so that what is left of the session is delivered now even on a busy machine. Best effort."""
+    if not hasattr(os, "SCHED_IDLE"):
+        return
+    try:
+        import psutil
+
+        pids = [pid, *(c.pid for c in psutil.Process(pid).children(recursive=True))]
+    except Exception:  # noqa: BLE001 - gone, or psutil missing
+        pids = [pid]
+    for p in pids:
+        try:
+            tids = [int(t) for t in os.listdir(f"/proc/{p}/task")]
+        except OSError:
+            tids = [p]
+        for tid in tids:
+            try:
+                if os.sched_getscheduler(tid) == os.SCHED_IDLE:
+                    os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
+            except OSError:
+                pass

@@ -5,6 +5,7 @@ as true as the state files: the logger prints it at finalize, and ``dualtrack st
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 from pathlib import Path
@@ -29,6 +30,12 @@ def pending_records(run_dir: str | os.PathLike, offset: int) -> int:
 
 def where(state: dict[str, Any]) -> str:
     ident = state.get("identity") or {}
+    if not ident.get("url") and ident.get("dirs"):  # W&B offline, a run resumed by another process: every part
+        try:
+            dirs = json.loads(ident["dirs"])
+            return " + ".join(map(str, dirs)) + f" ({len(dirs)} directories: upload them all with `wandb sync`)"
+        except (TypeError, ValueError):
+            pass
     return str(ident.get("url") or ident.get("dir") or ident.get("run_id") or "(not created)")
 
 
@@ -42,12 +49,18 @@ def final_report(
     *,
     finalize_timeout: float,
     restarts: int = 0,
+    held_by: int | None = None,
 ) -> str:
-    """The true final message (several lines, each prefixed ``[dualtrack]``)."""
+    """The true final message (several lines, each prefixed ``[dualtrack]``).
+
+    ``held_by``: the pid of the delivery process that keeps running after this session's end, holding the
+    backend runs open for the next session of the same process (see :mod:`lightning_dualtrack.run.session`).
+    """
     run_dir = Path(run_dir)
     run_id = run_dir.name
     lines = [f"[dualtrack] run {run_id}: {run_dir}"]
     pending_names: list[str] = []
+    background: list[str] = []  # pending, delivered by the kept delivery process after this session's end
     needs_retry_flag = False
     unparseable = 0
     for name, state in states.items():
@@ -56,7 +69,11 @@ def final_report(
         unparseable = max(unparseable, int(state.get("unparseable_lines") or 0))
         done = bool(state.get("closed")) and pending == 0
         if done:
-            lines.append(f"[dualtrack]   {name}: delivered -> {where(state)}")
+            held = ""
+            if state.get("held"):
+                held = (f" (every record is in the run file; the run stays open for a next session of this process"
+                        f"{f', delivery process pid {held_by}' if held_by else ''} and is finished when it exits)")
+            lines.append(f"[dualtrack]   {name}: delivered -> {where(state)}{held}")
         else:
             pending_names.append(name)
             why = ""
@@ -70,6 +87,10 @@ def final_report(
             elif not state.get("identity"):
                 why = "; the backend run was not created"
             what = f"{pending} record(s) PENDING" if pending else "PENDING (the run is not closed)"
+            if held_by and not state.get("last_error") and not state.get("blocked"):
+                background.append(name)
+                why = (f"; being delivered in the background by the delivery process (pid {held_by}), which "
+                       "the end of this process waits for (bounded by finalize_timeout)")
             lines.append(f"[dualtrack]   {name}: {what} -> {where(state)}{why}")
         if rejected:
             reasons = "; ".join(f"{n} x {r}" for r, n in rejected_by_reason(rejected).most_common(3))
@@ -82,6 +103,10 @@ def final_report(
         lines.append(f"[dualtrack]   journal: {unparseable} line(s) could not be parsed and were skipped (counted, not delivered)")
     if restarts:
         lines.append(f"[dualtrack]   the delivery process died and was restarted {restarts} time(s); nothing acknowledged was lost")
+    if background:
+        lines.append(f"[dualtrack] it is safe in the journal; if the delivery process is stopped first, deliver it "
+                     f"with:  {sync_command(run_dir)}")
+    pending_names = [n for n in pending_names if n not in background]
     if pending_names:
         names = ", ".join(dict.fromkeys(pending_names))
         lines.append(

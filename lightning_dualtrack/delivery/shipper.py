@@ -20,8 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from lightning_dualtrack.delivery.links import Links
-from lightning_dualtrack.delivery.state import LOCK_FILE, STATE_DIR, load_state
-from lightning_dualtrack.delivery.worker import ORPHAN_TIMEOUT_S, SinkWorker
+from lightning_dualtrack.delivery.state import LOCK_FILE, STATE_DIR, load_state, lock_holder
+from lightning_dualtrack.delivery.worker import (
+    ORPHAN_TIMEOUT_S,
+    SESSION_GRACE_S,
+    SinkWorker,
+    mark_started_idle,
+)
 from lightning_dualtrack.journal import repair_torn_tail
 from lightning_dualtrack.sinks import enabled_sinks, sink_class, sink_names
 from lightning_dualtrack.sinks.base import RunContext, Sink
@@ -34,6 +39,9 @@ def make_sink_factories(ctx: RunContext, only: set[str] | None = None) -> dict[s
         for name in enabled_sinks(ctx.settings)
         if only is None or name in only
     }
+
+
+POLLS_PER_FLUSH = 2
 
 
 class ShipperBusy(RuntimeError):
@@ -105,6 +113,29 @@ def orphan_timeout(settings: dict[str, Any]) -> float:
         return ORPHAN_TIMEOUT_S
 
 
+def session_grace(settings: dict[str, Any]) -> float:
+    """Seconds the logger's shipper keeps a run's backend runs open after a session ends, for the next session of
+    the same process (``trainer.test`` after ``trainer.fit``): ``DUALTRACK_SESSION_GRACE``, else the run's
+    ``session_grace`` setting, else :data:`SESSION_GRACE_S`. 0 ends them at every session's end."""
+    env = os.environ.get("DUALTRACK_SESSION_GRACE")
+    try:
+        return max(0.0, float(env) if env else float(settings.get("session_grace", SESSION_GRACE_S)))
+    except ValueError:
+        return SESSION_GRACE_S
+
+
+def _logger_shipper(pid: int) -> bool:
+    """Whether ``pid`` is a training process's own shipper (``--follow``): it may be holding the run's backend
+    runs open between two sessions, and SIGUSR1 asks it to end them (mid-session: not to hold them at its end)."""
+    try:
+        import psutil
+
+        cmd = psutil.Process(pid).cmdline()
+    except Exception:  # noqa: BLE001 - gone, or not ours to inspect
+        return False
+    return "lightning_dualtrack.shipper" in " ".join(cmd) and "--follow" in cmd
+
+
 def run_shipper(
     run_dir: str | os.PathLike,
     follow: bool = False,
@@ -118,16 +149,22 @@ def run_shipper(
     retry_rejected: bool | str | None = None,
     take_over_stale: bool = False,
     progress: Callable[[str, int, int], None] | None = None,
+    release: threading.Event | None = None,
+    hold_sessions: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Deliver a run directory's journal to its sinks; returns each sink's final state.
 
     ``give_up_after``: stop retrying (and return) after this many seconds; what is left stays pending.
     ``retry_rejected``: True: deliver again every set-aside record; None/False: those whose reason may
     have passed; "never": none. ``progress(sink, acked_offset, journal_size)`` is called as acks move.
+    ``hold_sessions`` (the logger's shipper): keep the backend runs open between sessions (see
+    :func:`session_grace`) until ``release`` is set, the parent is gone or the grace time is over.
+    ``take_over_stale`` also asks a shipper that only holds the run between sessions to end it (SIGUSR1).
     """
     run_dir = Path(run_dir)
     ctx = RunContext.load(run_dir)
     deadline = time.monotonic() + lock_wait
+    asked: set[int] = set()
     while True:
         last_try = time.monotonic() >= deadline
         try:
@@ -135,6 +172,16 @@ def run_shipper(
             lock_fd = acquire_lock(run_dir, take_over_stale=take_over_stale and last_try)
             break
         except ShipperBusy:
+            holder = lock_holder(run_dir)
+            if take_over_stale and holder and holder not in asked and _logger_shipper(holder):
+                asked.add(holder)
+                # the training process's shipper may be keeping the backend runs open for a next session: end them
+                try:
+                    os.kill(holder, signal.SIGUSR1)
+                except OSError:
+                    pass
+                deadline = max(deadline, time.monotonic() + 15.0)
+                last_try = False
             if last_try:
                 raise
             time.sleep(0.2)
@@ -147,11 +194,14 @@ def run_shipper(
             identity = load_state(run_dir, name).get("identity")
             if identity:
                 links.publish(name, identity)
-        interval = poll_interval if poll_interval is not None else float(ctx.settings.get("flush_interval", 1.0))
+        # the journal is looked at twice per flush_interval: a point logged during training waits at most about
+        # half of it (plus one request) before it is on the server (measured: benchmarks --freshness)
+        interval = poll_interval if poll_interval is not None else float(ctx.settings.get("flush_interval", 1.0)) / POLLS_PER_FLUSH
         workers = [
             SinkWorker(ctx, factory, name, links, stop, follow, parent_pid, interval, give_up_after=give_up_after,
                        log=log, retry_rejected=retry_rejected, orphan_timeout=orphan_timeout(ctx.settings),
-                       progress=progress)
+                       progress=progress, release=release,
+                       session_grace=session_grace(ctx.settings) if hold_sessions else 0.0)
             for name, factory in make_sink_factories(ctx, only).items()
         ]
         links.expect({w.sink_name for w in workers})
@@ -184,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         # the wandb-core process it starts, which inherits the policy) only when a core is otherwise idle.
         try:
             os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+            mark_started_idle()
         except OSError:
             args.nice = args.nice or 19
     if args.nice:
@@ -192,7 +243,10 @@ def main(argv: list[str] | None = None) -> int:
         except OSError:
             pass
     stop = threading.Event()
+    release = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # the training process is exiting (or `dualtrack sync` wants the run): end runs held open between sessions
+    signal.signal(signal.SIGUSR1, lambda *_: release.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the training process; we drain
 
     def log(msg: str) -> None:
@@ -204,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
             break
         time.sleep(0.05)
     run_shipper(args.run_dir, follow=args.follow, parent_pid=args.parent_pid, log=log, stop=stop, lock_wait=30.0,
-                retry_rejected="never")
+                retry_rejected="never", release=release, hold_sessions=args.follow and args.parent_pid is not None)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)  # do not wait for threads stuck in a network call

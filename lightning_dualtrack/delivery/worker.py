@@ -11,6 +11,13 @@ Rules (each has a unit test in ``tests/delivery/``):
   provably hold) replaces the ack offset, in both directions.
 * **Bounded when orphaned**: a worker whose parent process is gone gives up retrying after
   ``orphan_timeout`` seconds and leaves the rest to ``dualtrack sync``.
+* **One run across sessions**: when a session of the run ends with success (Lightning finalizes after
+  ``fit``, then tests with the same logger), a worker of the logger's own shipper delivers everything,
+  proves it stored (W&B: :meth:`~lightning_dualtrack.sinks.base.Sink.hold`; MLflow: the run is closed
+  FINISHED) and waits for the next session instead of ending: a new ``start`` record continues the same
+  backend runs (one W&B directory). It ends the backend runs when told (``release``: the training process
+  is exiting, or ``dualtrack sync`` wants the run), when the training process is gone, or after
+  ``session_grace`` seconds without a new session.
 """
 
 from __future__ import annotations
@@ -45,6 +52,9 @@ from lightning_dualtrack.sinks.base import RunContext, Sink
 MAX_BATCH = 20_000  # records read at once (acks are per request, not per read)
 ORPHAN_TIMEOUT_S = 120.0  # default; ``DUALTRACK_ORPHAN_TIMEOUT`` or run setting ``orphan_timeout``
 BLOCKED_RETRY_S = 10.0
+SESSION_GRACE_S = 60.0  # default; ``DUALTRACK_SESSION_GRACE`` or run setting ``session_grace``
+HOLD_TIMEOUT_S = 10.0  # how long a session's end waits to see its last W&B row in the run file
+_HOLD_POLL_S = 0.1  # while held: how often the journal (its size) and the parent are looked at
 LINK_WAIT_S = 3.0  # at the end, how long a sink waits for the other's run identity before closing
 _ACK_EVERY_S = 0.25  # an appending sink acks at most this often (its durable offset is checked on resume)
 
@@ -104,8 +114,13 @@ class SinkWorker(threading.Thread):
         retry_rejected: bool | None = False,
         orphan_timeout: float | None = None,
         progress: Callable[[str, int, int], None] | None = None,
+        session_grace: float = 0.0,
+        release: threading.Event | None = None,
     ) -> None:
         super().__init__(name=f"dualtrack-{name}", daemon=True)
+        self.session_grace = session_grace  # 0: end the backend run at each session's end (sync, tests)
+        self.release = release or threading.Event()
+        self.released = False  # ended after holding the run, with nothing pending
         self.ctx, self.make_sink, self.sink_name = ctx, make_sink, name
         self.links, self.stop, self.follow = links, stop, follow
         self.parent_pid, self.poll_interval, self.health_interval = parent_pid, poll_interval, health_interval
@@ -202,7 +217,7 @@ class SinkWorker(threading.Thread):
                 self.state["bytes_base"] = self.state.get("bytes", 0)
                 if self.sink.fallback_reason:
                     self.log(f"[dualtrack] {self.sink_name}: {self.sink.fallback_reason}")
-                self.save(identity=identity, open=True, last_error=None, blocked=None)
+                self.save(identity=identity, open=True, last_error=None, blocked=None, held=False)
                 self.links.publish(self.sink_name, identity)
                 self.log(f"[dualtrack] {self.sink_name}: run open after {time.monotonic() - self._t0:.2f} s: {identity.get('url') or identity.get('dir') or identity.get('run_id')}")
                 return True
@@ -472,11 +487,86 @@ class SinkWorker(threading.Thread):
                 # short, since a peer that is not open by now is failing (a later sync links them)
                 self.links.wait_for_others(self.sink_name, LINK_WAIT_S, self.stop)
                 self._link()
+                if finished and self._may_hold(status):
+                    if self._between_sessions(status):
+                        status = "running"
+                        continue  # the next session of the run: same backend runs
+                    return
                 self._close(status if finished else None)
                 return
             if self._wait(self.poll_interval):
                 break
         self._abandon()
+
+    # -- between two sessions of one run -------------------------------------------------------
+    def _may_hold(self, status: str) -> bool:
+        return (self.follow and self.parent_pid is not None and self.session_grace > 0 and status == "success"
+                and not self.stop.is_set() and not self.release.is_set() and not self._parent_gone())
+
+    def _between_sessions(self, status: str) -> bool:
+        """A session ended with success: store it provably, wait for the next one; True when it begins."""
+        end = self.state["offset"]
+        held = False
+        if self.sink.holds_open:
+            try:
+                self.sink.hold(end, HOLD_TIMEOUT_S)
+                held = True
+            except Exception as err:  # noqa: BLE001 - then end the backend run as a plain session end does
+                self.log(f"[dualtrack] {self.sink_name}: cannot keep the run open for a next session ({err}); ending it")
+        if held:
+            self.save(closed=True, held=True, final_status=status, last_status=status)
+            self.log(f"[dualtrack] {self.sink_name}: session stored after {time.monotonic() - self._t0:.2f} s; "
+                     "the run stays open for a next session of this process")
+        else:
+            self._close(status)  # MLflow: FINISHED now; RUNNING again when the next session starts
+            if not self.state.get("closed"):
+                return False
+        while True:
+            why = self._wait_next_session()
+            if why == "more":
+                return self._next_session(held)
+            if held:
+                self.save(held=False)
+                self._close(status)  # the W&B run ends now; its directory is complete
+                held = False
+                if not self.state.get("closed"):
+                    return False
+            # a session that began while the run was being ended (a race with the grace time) is delivered
+            more, _ = self.reader.read(self.state["offset"], max_records=1)
+            if more:
+                return self._next_session(False)
+            self._link()
+            self.released = True
+            self.log(f"[dualtrack] {self.sink_name}: no next session ({why}); done")
+            return False
+
+    def _wait_next_session(self) -> str:
+        deadline = time.monotonic() + self.session_grace
+        while True:
+            if self.reader.size() > self.state["offset"]:
+                return "more"
+            self._link()  # an identity published since (a resumed run's new W&B directory)
+            if self.stop.is_set():
+                return "stopped"
+            if self.release.is_set():
+                return "released"
+            if self._parent_gone():
+                return "the training process is gone"
+            if time.monotonic() >= deadline:
+                return f"none within session_grace={self.session_grace:g} s"
+            self.release.wait(_HOLD_POLL_S)
+
+    def _next_session(self, held: bool) -> bool:
+        idle_priority_again()  # training again: delivery back on CPU time nobody else wants
+        if held:
+            self.save(closed=False, held=False, last_status="running")
+            return True
+        if not self._open():  # MLflow: the same run, RUNNING again; W&B after a finished run: a new directory
+            return False
+        self._restore_prefix()
+        self._link()
+        self.save(closed=False, last_status="running")
+        return True
 
     def _note_unparseable(self) -> None:
         n = self.reader.corrupt_lines
@@ -517,6 +607,31 @@ class SinkWorker(threading.Thread):
 
 _BOOST_LOCK = threading.Lock()
 _boosted = False
+_started_idle = False  # set by the shipper's entry point when it runs under SCHED_IDLE
+
+
+def mark_started_idle() -> None:
+    global _started_idle
+    _started_idle = True
+
+
+def idle_priority_again() -> None:
+    """A next session (training again) after :func:`end_idle_priority`: back to SCHED_IDLE, if started so."""
+    global _boosted
+    if not _started_idle or not hasattr(os, "SCHED_IDLE"):
+        return
+    with _BOOST_LOCK:
+        _boosted = False
+        for pid in [os.getpid(), *_descendant_pids(os.getpid())]:
+            try:
+                tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+            except OSError:
+                tids = [pid]
+            for tid in tids:
+                try:
+                    os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+                except OSError:
+                    pass
 
 
 def _descendant_pids(pid: int) -> list[int]:

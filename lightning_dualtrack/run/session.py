@@ -6,10 +6,19 @@ writable), writes ``run.json`` (the settings every process reads; never a creden
 journal, journals the system metadata and starts the shipper. :meth:`Run.finalize` appends ``end``,
 waits (bounded) for delivery and prints the report; a later log call starts a new session of the
 same run (Lightning tests after fit with the same logger).
+
+One run, one W&B directory: at a successful session's end the shipper stores everything (the report
+says so only once the W&B run file provably holds it), ends the MLflow run (FINISHED) and keeps
+running, with the W&B run open; the next session's ``start`` record continues both (MLflow RUNNING
+again). The W&B run is finished when the run is over: at interpreter exit (:meth:`Run.release`,
+registered with ``atexit``), at ``end_run``, when the training process is gone (the shipper checks
+every 0.1 s), or after ``session_grace`` seconds without a next session.
 """
 
 from __future__ import annotations
 
+import atexit
+import os
 import sys
 import tempfile
 from collections.abc import Mapping
@@ -18,7 +27,14 @@ from typing import Any
 
 from lightning_dualtrack import metadata as _metadata
 from lightning_dualtrack import records
-from lightning_dualtrack.journal import JournalError, JournalReader, JournalWriter, now_ms, repair_torn_tail
+from lightning_dualtrack.journal import (
+    JOURNAL_NAME,
+    JournalError,
+    JournalReader,
+    JournalWriter,
+    now_ms,
+    repair_torn_tail,
+)
 from lightning_dualtrack.normalize import MLFLOW_MAX_PARAM_VALUE, DroppedValue, preview, short, to_float
 from lightning_dualtrack.redact import redact_mapping, redact_string
 from lightning_dualtrack.run.config import RunConfig, new_run_name
@@ -35,6 +51,16 @@ from lightning_dualtrack.run.policy import KeyRules, Messages, ParamRules
 from lightning_dualtrack.sinks.base import RUN_FILE, read_json, write_json_atomic
 
 _STATUSES = ("success", "failed", "aborted")
+FINALIZE_WAIT = ("all", "started")
+
+
+def finalize_wait() -> str:
+    """What a session's end waits for: ``all`` (default: every backend has stored the session), or ``started``
+    (``DUALTRACK_FINALIZE_WAIT=started``: only the backends whose run is open; a backend still starting -- W&B's
+    init takes ~1 s -- gets the session from the delivery process afterwards, which the end of the process
+    waits for). The end of a short run then costs little; the report names what is still being delivered."""
+    value = os.environ.get("DUALTRACK_FINALIZE_WAIT", "all").strip().lower() or "all"
+    return value if value in FINALIZE_WAIT else "all"
 _NEW = object()
 class Run:
     """One run's runtime state on rank zero. Not thread-safe: log calls come from one thread."""
@@ -55,6 +81,8 @@ class Run:
         self.dropped_records = 0
         self.last_report: dict[str, Any] | None = None
         self._metadata_logged = False
+        self._release_registered = False
+        self.ending = False  # end_run: the run is over (not only a Lightning stage)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -85,10 +113,9 @@ class Run:
         self.append(records.start(self.config.run_id, bool(previous)))
         for key in self.config.tags:
             self.keys.register(key)
-        if self.config.log_system_info and not self._metadata_logged:
-            self._metadata_logged = True
-            self._log_system_metadata()
-        if self.config.start_shipper and self.config.sinks:
+        if self.shipper is not None and not self.shipper.alive():
+            self.shipper = None  # it ended the runs it held (session_grace): a new one continues the run
+        if self.config.start_shipper and self.config.sinks and self.shipper is None:
             env = shipper_env(self.config.tracking_uri, self.config.mlflow_user, self.config.mlflow_password)
             shipper = ShipperProcess(self.run_dir, env, self.config.sinks, warn=self.messages.warn)
             try:
@@ -96,6 +123,14 @@ class Run:
                 self.shipper = shipper
             except OSError as err:
                 self.messages.fail(f"cannot start the delivery process ({err}); deliver later with `dualtrack sync {self.run_dir}`")
+        if self.shipper is not None and not self._release_registered:
+            self._release_registered = True
+            # registered before the facade's own atexit finalize, so it runs after it (atexit is LIFO)
+            atexit.register(self.release)
+        if self.config.log_system_info and not self._metadata_logged:
+            # after the shipper's start: its start-up (imports, wandb.init) overlaps this (~0.3 s: the package list)
+            self._metadata_logged = True
+            self._log_system_metadata()
         if self.config.strict and self.shipper is not None:
             self.strict_health = StrictHealth(self.run_dir, self.config.sinks, self.config.flush_interval)
             self.shipper.wait_until_open(120.0)
@@ -268,8 +303,13 @@ class Run:
         return url
 
     # -- the end ----------------------------------------------------------------------------------------
-    def finalize(self, status: str, checkpoint_callbacks: Any = ()) -> dict[str, dict[str, Any]] | None:
+    def finalize(self, status: str, checkpoint_callbacks: Any = (), final: bool = False) -> dict[str, dict[str, Any]] | None:
+        """End the session; ``final`` (or :attr:`ending`, set by ``end_run``): the run is over, the backend runs
+        end now and none is kept open for a next session."""
+        final = final or self.ending
         if self.journal is None or self.finalized:
+            if final:
+                self.release()
             return None
         for checkpoint_callback in checkpoint_callbacks:
             for rec in self.payloads.checkpoints(checkpoint_callback):
@@ -284,11 +324,18 @@ class Run:
         self.journal = None  # a later log call (e.g. trainer.test after fit) continues the run
         if self.shipper is not None:
             self.restarts += self.shipper.restarts
-            report = self.shipper.finish(self.config.finalize_timeout)
-            self.shipper = None
+            self.shipper.restarts = 0  # counted; the same process may deliver the next session
+            end_offset = os.path.getsize(self.run_dir / JOURNAL_NAME)
+            background = finalize_wait() == "started" and not final and not self.config.strict
+            report, kept = self.shipper.end_session(self.config.finalize_timeout, end_offset, background=background)
+            if not kept:
+                self.shipper = None
+            elif final:
+                report = self.release() or report
         else:
             report = sink_states(self.run_dir, self.config.sinks)
-        print(final_report(self.run_dir, report, finalize_timeout=self.config.finalize_timeout, restarts=self.restarts), file=sys.stderr)
+        print(final_report(self.run_dir, report, finalize_timeout=self.config.finalize_timeout, restarts=self.restarts,
+                           held_by=self.shipper.pid if self.shipper is not None else None), file=sys.stderr)
         self.last_report = dict(report)
         if self.config.strict and status == "success":  # on failure Lightning is handling the original error: never mask it
             failed = {n: s for n, s in report.items() if not s.get("closed")}
@@ -296,4 +343,18 @@ class Run:
                 raise RuntimeError(pending_message(self.run_dir, failed, self.config.finalize_timeout))
         return report
 
-
+    def release(self) -> dict[str, dict[str, Any]] | None:
+        """The run is over: end the backend runs the shipper holds open between sessions (the W&B run is
+        finished, its directory complete) and wait for it, bounded by ``finalize_timeout``. Idempotent;
+        called at interpreter exit and by ``end_run``."""
+        shipper = self.shipper
+        if shipper is None or not self.finalized:
+            return None
+        self.shipper = None
+        states = shipper.release(self.config.finalize_timeout)
+        if shipper.alive():
+            print(f"[dualtrack] the delivery process (pid {shipper.pid}) is still ending the runs; it goes on after "
+                  f"this process exits. If it is stopped: dualtrack sync {self.run_dir}", file=sys.stderr)
+        else:
+            self.last_report = dict(states)
+        return states

@@ -116,7 +116,7 @@ class Sink:
 
     Required: :meth:`open`, :meth:`deliver`, :meth:`close`. Optional hooks (the defaults do nothing):
     :meth:`link`, :meth:`report_health`, :meth:`abandon`, :meth:`durable_offset` (a sink whose backend
-    acknowledges before it stores returns what provably is stored), and ``fallback_reason`` (a sentence
+    acknowledges before it stores returns what provably is stored), :meth:`hold` (with ``holds_open``), and ``fallback_reason`` (a sentence
     the shipper prints once, e.g. "recording offline"). Errors raised are those of
     :mod:`lightning_dualtrack.delivery.errors` (anything else is classified there).
     """
@@ -127,6 +127,9 @@ class Sink:
     #: whether replaying a delivered record stores it twice (W&B appends rows): the worker then acks
     #: partial progress exactly, and the sink must report it through :meth:`stored`
     appends: bool = False
+    #: whether the backend run can stay open from one session of a run to the next in one process (Lightning's
+    #: fit, then test): the worker then calls :meth:`hold` at a session's end instead of :meth:`close`
+    holds_open: bool = False
 
     def __init__(self, ctx: RunContext) -> None:
         self.ctx = ctx
@@ -172,3 +175,8 @@ class Sink:
     def durable_offset(self) -> int | None:
         """The journal offset up to which the backend provably stores every record; None: not known."""
         return None
+
+    def hold(self, offset: int, timeout: float = 10.0) -> None:
+        """(``holds_open`` sinks) End a session but not the backend run: return once every record up to journal
+        byte ``offset`` is provably stored; raise a :class:`TransientError` if that is not seen in ``timeout``."""
+        raise NotImplementedError

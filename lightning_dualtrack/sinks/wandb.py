@@ -60,9 +60,15 @@ def _unreachable(url: str, timeout: float = 3.0) -> str | None:
     return result[0] if result else f"{url} unreachable: no answer within {timeout:g} s"
 
 
+# How often wandb-core writes what it holds to the run file (its default, 15 s, would leave the file up to
+# 15 s behind: a session's end waits until the file provably holds every row).
+FILE_FLUSH_S = 0.2
+
+
 class WandbSink(Sink):
     name = "wandb"
     appends = True  # a resent row is a second row
+    holds_open = True  # fit, validate and test of one process: one run, one offline directory
 
     def __init__(self, ctx: RunContext, init_timeout: float = 30.0) -> None:
         super().__init__(ctx)
@@ -81,6 +87,8 @@ class WandbSink(Sink):
         self._row_step: int | None = None
         self._row_offset = 0
         self._entry_offset = 0
+        self._sessions_held = 0
+        self._last_step: int | None = None
 
     # -- run lifecycle -------------------------------------------------------------------------
     def _settings(self, mode: str):
@@ -97,6 +105,7 @@ class WandbSink(Sink):
             x_disable_machine_info=True,
             x_save_requirements=False,
             init_timeout=self.init_timeout,
+            x_transaction_log_flush_interval=FILE_FLUSH_S,
             mode=mode,
         )
 
@@ -146,7 +155,7 @@ class WandbSink(Sink):
         self.run.define_metric(f"{HEALTH_PREFIX}*", step_metric=STEP_KEY, hidden=True, summary="none")
         self.run.define_metric("*", step_metric=STEP_KEY, step_sync=True)
         offline_dir = os.path.dirname(self.run.dir) if self.run.dir else None
-        return {
+        identity = {
             "run_id": self.run.id,
             "project": self.run.project or self.project,
             "entity": self.run.entity or self.entity,
@@ -154,6 +163,46 @@ class WandbSink(Sink):
             "mode": self.mode,
             "dir": offline_dir,
         }
+        dirs = self.run_dirs()
+        if len(dirs) > 1:  # a run resumed by another process: wandb 0.31 never appends to a run file
+            identity["dirs"] = json.dumps(dirs)
+        return identity
+
+    def run_dirs(self) -> list[str]:
+        """Every W&B directory holding a part of this run, oldest first (one unless another process resumed it)."""
+        from lightning_dualtrack.wandb_file import find_run_files
+
+        try:
+            return list(dict.fromkeys(str(p.parent) for p in find_run_files(self.ctx.run_dir / "wandb", self.ctx.run_id)))
+        except OSError:
+            return []
+
+    def hold(self, offset: int, timeout: float = 10.0) -> None:
+        """End a session, keeping the W&B run open for the next one of this process (test after fit).
+
+        A hidden row carrying ``offset`` is written, and this returns once the run file provably holds
+        it -- and so every row, config change and artifact before it (wandb-core writes in order).
+        Raises :class:`TransientError` when that cannot be seen within ``timeout`` seconds.
+        """
+        import time
+
+        from lightning_dualtrack.wandb_file import last_history_value
+
+        self._flush_row()
+        self._sessions_held += 1
+        self._log({f"{HEALTH_PREFIX}sessions_ended": float(self._sessions_held), STEP_KEY: self._last_step or 0,
+                   OFFSET_KEY: offset})
+        path = self.run.settings.sync_file
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if int(last_history_value(path, OFFSET_KEY) or 0) >= offset:
+                    return
+            except (OSError, ValueError):
+                pass
+            if time.monotonic() > deadline:
+                raise TransientError(f"the W&B run file {path} does not show the session's last row after {timeout:g} s")
+            time.sleep(0.02)
 
     def link(self, other: str, identity: dict[str, Any]) -> None:
         values = {f"{other}/{k}": v for k, v in identity.items() if v is not None}
@@ -242,6 +291,7 @@ class WandbSink(Sink):
                     self._flush_row()
                     self.stored(i)
                 self._row_step = step
+                self._last_step = step
                 self._row_offset = entry.offset
                 self._row.update(rec["v"])
                 continue

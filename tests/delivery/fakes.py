@@ -18,7 +18,8 @@ class FakeSink(Sink):
     name = "fake"
 
     def __init__(self, ctx: RunContext, *, per_request: int = 1, fail: Callable[[list[Entry], int], Exception | None] | None = None,
-                 appends: bool = False, durable: int | None = None, on_request: Callable[[int], None] | None = None) -> None:
+                 appends: bool = False, durable: int | None = None, on_request: Callable[[int], None] | None = None,
+                 holds_open: bool = False) -> None:
         super().__init__(ctx)
         self.per_request = per_request
         self.fail = fail or (lambda chunk, n: None)
@@ -28,9 +29,16 @@ class FakeSink(Sink):
         self.rows: list[dict[str, Any]] = []  # every record stored, in order (duplicates kept)
         self.closed_with: list[str | None] = []
         self.calls = 0
+        self.holds_open = holds_open
+        self.held_at: list[int] = []  # journal offsets a session's end was made durable up to (hold)
+        self.opens = 0
 
     def open(self, state: dict[str, Any]) -> dict[str, Any]:
+        self.opens += 1
         return {"run_id": "fake-run"}
+
+    def hold(self, offset: int, timeout: float = 10.0) -> None:
+        self.held_at.append(offset)
 
     def deliver(self, entries: list[Entry]) -> None:
         self.progress = 0

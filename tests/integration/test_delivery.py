@@ -30,6 +30,8 @@ def test_trainer_run_lands_in_both_backends_linked(mlflow_server, tmp_path) -> N
     logger = make_logger(mlflow_server, tmp_path, run_name="fit-1", tags={"team": "vision"})
     train, val = loaders()
     trainer(logger, max_steps=24, val_check_interval=8).fit(TinyModel(), train, val)
+    assert wandb_run(logger.run_dir, logger.run_id).exit_code is None  # kept open for a test stage of this process
+    logger.end_run()  # the run is over: W&B finishes it now (else at interpreter exit)
 
     client = MlflowClient(mlflow_server.url)
     run = client.get_run(logger.mlflow_run_id)

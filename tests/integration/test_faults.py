@@ -115,6 +115,7 @@ def test_state_files_removed_before_sync_store_nothing_twice(mlflow_server, tmp_
     model = LedgerModel()
     logger = make_logger(tmp_path, mlflow_server.url, finalize_timeout=60)
     trainer(logger, max_steps=40).fit(model, loaders()[0])
+    logger.end_run()  # the run is over (its shipper no longer holds the W&B run open for a next stage)
     assert_delivered(logger.run_dir, logger.run_id, mlflow_server.url, model.ledger)
     for name in ("mlflow", "wandb"):
         (logger.run_dir / "state" / f"{name}.json").unlink()
