@@ -19,7 +19,7 @@ from __future__ import annotations
 import atexit
 import os
 from argparse import Namespace
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,7 +27,6 @@ from lightning.fabric.utilities.logger import _add_prefix
 from lightning.pytorch.loggers.logger import Logger, rank_zero_experiment
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from lightning_dualtrack import records
 from lightning_dualtrack.journal import JournalWriter
 from lightning_dualtrack.normalize import short
 from lightning_dualtrack.run import compat
@@ -35,6 +34,7 @@ from lightning_dualtrack.run.compat import exit_status, wait_for_identity
 from lightning_dualtrack.run.config import DEFAULT_TRACKING_URI, new_run_id, resolve_config
 from lightning_dualtrack.run.lifecycle import hold_sigterm_in_spawned_worker, shipper_env
 from lightning_dualtrack.run.media_api import MediaLogging
+from lightning_dualtrack.run.model_api import ModelLogging
 from lightning_dualtrack.run.policy import DualTrackWarning
 from lightning_dualtrack.run.session import Run
 from lightning_dualtrack.sinks.base import RUN_FILE
@@ -44,7 +44,7 @@ __all__ = ["DEFAULT_TRACKING_URI", "DualTrackLogger", "DualTrackWarning", "creat
 WandbMode = Literal["online", "offline", "disabled"]
 
 
-class DualTrackLogger(MediaLogging, Logger):
+class DualTrackLogger(MediaLogging, ModelLogging, Logger):
     """Log to MLflow and Weights & Biases at once, without slowing training or losing data.
 
     Args:
@@ -264,70 +264,6 @@ class DualTrackLogger(MediaLogging, Logger):
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         self._ensure_started()
         self._guarded("set_tags", self._run.set_tags, tags)
-
-    @rank_zero_only
-    def log_model(
-        self,
-        model: Any,
-        artifact_path: str = "model",
-        signature: Any = None,
-        input_example: Any = None,
-        aliases: Sequence[str] = (),
-        registered_model_name: str | None = None,
-        description: str | None = None,
-        registry_aliases: Sequence[str] = (),
-        metadata: Mapping[str, Any] | None = None,
-        wandb_name: str | None = None,
-    ) -> None:
-        """Save ``model`` as an MLflow PyTorch model in the run and log it to both backends.
-
-        MLflow: the model directory as artifacts at ``artifact_path`` (loadable with
-        ``mlflow.pytorch.load_model``), registered as ``registered_model_name`` when given. W&B: a model
-        artifact with ``aliases`` (plus ``latest``) in the collection ``wandb_name`` (default
-        ``model-<run id>``, which holds the checkpoints). Saving imports ``mlflow`` (only this call does).
-        """
-        self._ensure_started()
-        saved = self._run.payloads.model(model, artifact_path, signature, input_example)
-        if saved is not None:
-            rel, ap = saved
-            self._append(records.model(rel, ap, aliases, registered_model_name, description, registry_aliases, metadata,
-                                       wandb_name=wandb_name))
-
-    @rank_zero_only
-    def register_model(
-        self, model_name: str, model_uri: str | None = None, description: str | None = None, aliases: Sequence[str] = (),
-        artifact_path: str = "model", wait: bool = True,
-    ) -> tuple[str, str | None] | None:
-        """Register a logged model (``artifact_path`` of this run, or ``model_uri``: ``runs:/last/<path>`` is this
-        run's) in the MLflow registry. Returns ``(name, version)`` once the delivery process has registered it
-        (blocking, at most 60 s; version None after that or with ``wait=False``). A bad URI raises ``ValueError``."""
-        compat.check_model_uri(model_uri)
-        self._ensure_started()
-        self._append(records.register(model_name, model_uri, artifact_path, description, aliases))
-        if not self._config.mlflow_enabled:
-            return None
-        version = compat.wait_for_version(self._config.tracking_uri, model_name, self.mlflow_run_id) if wait else None
-        return model_name, version
-
-    @rank_zero_only
-    def push_to_hub(
-        self,
-        model: Any,
-        repo_id: str,
-        commit_message: str = "Upload model (lightning_dualtrack)",
-        private: bool | None = None,
-        metrics: Mapping[str, float] | None = None,
-        api: Any = None,
-    ) -> str | None:
-        """Upload safetensors weights, config (class names, preprocessing) and a model card to the HF Hub.
-
-        The folder is kept in the run (``hub/``) and logged to both backends; the Hub URL becomes the
-        ``hf.repo_url`` tag. A failed upload is a warning (strict mode: an error); returns the commit URL.
-        After ``end_run()`` the folder is written and uploaded, but the ended run is not reopened: no tag, a warning.
-        """
-        from lightning_dualtrack.hub import push_from_logger  # after end_run(): uploaded, the run stays ended
-
-        return push_from_logger(self, model, repo_id, commit_message=commit_message, private=private, metrics=metrics, api=api)
 
     # -- internals ------------------------------------------------------------------------------------
     def _guarded(self, what: str, fn: Any, *args: Any) -> Any:

@@ -1,0 +1,85 @@
+"""The logger's model calls: ``log_model``, ``register_model`` and ``push_to_hub``.
+
+A mixin of :class:`~lightning_dualtrack.logger.DualTrackLogger` (it uses the logger's ``_run``, ``_config``,
+``_ensure_started``, ``_append`` and ``mlflow_run_id``), so that ``logger.py`` stays the Lightning adapter.
+Saving a model imports ``mlflow`` (only ``log_model`` does, on the calling thread); registering waits, bounded,
+for the delivery process's answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+from lightning_dualtrack import records
+from lightning_dualtrack.run import compat
+
+
+class ModelLogging:
+    """Model-saving, registry and Hub calls of the logger."""
+
+    @rank_zero_only
+    def log_model(
+        self,
+        model: Any,
+        artifact_path: str = "model",
+        signature: Any = None,
+        input_example: Any = None,
+        aliases: Sequence[str] = (),
+        registered_model_name: str | None = None,
+        description: str | None = None,
+        registry_aliases: Sequence[str] = (),
+        metadata: Mapping[str, Any] | None = None,
+        wandb_name: str | None = None,
+    ) -> None:
+        """Save ``model`` as an MLflow PyTorch model in the run and log it to both backends.
+
+        MLflow: the model directory as artifacts at ``artifact_path`` (loadable with
+        ``mlflow.pytorch.load_model``), registered as ``registered_model_name`` when given. W&B: a model
+        artifact with ``aliases`` (plus ``latest``) in the collection ``wandb_name`` (default
+        ``model-<run id>``, which holds the checkpoints). Saving imports ``mlflow`` (only this call does).
+        """
+        self._ensure_started()
+        saved = self._run.payloads.model(model, artifact_path, signature, input_example)
+        if saved is not None:
+            rel, ap = saved
+            self._append(records.model(rel, ap, aliases, registered_model_name, description, registry_aliases, metadata,
+                                       wandb_name=wandb_name))
+
+    @rank_zero_only
+    def register_model(
+        self, model_name: str, model_uri: str | None = None, description: str | None = None, aliases: Sequence[str] = (),
+        artifact_path: str = "model", wait: bool = True,
+    ) -> tuple[str, str | None] | None:
+        """Register a logged model (``artifact_path`` of this run, or ``model_uri``: ``runs:/last/<path>`` is this
+        run's) in the MLflow registry. Returns ``(name, version)`` once the delivery process has registered it
+        (blocking, at most 60 s; version None after that or with ``wait=False``). A bad URI raises ``ValueError``."""
+        compat.check_model_uri(model_uri)
+        self._ensure_started()
+        self._append(records.register(model_name, model_uri, artifact_path, description, aliases))
+        if not self._config.mlflow_enabled:
+            return None
+        version = compat.wait_for_version(self._config.tracking_uri, model_name, self.mlflow_run_id) if wait else None
+        return model_name, version
+
+    @rank_zero_only
+    def push_to_hub(
+        self,
+        model: Any,
+        repo_id: str,
+        commit_message: str = "Upload model (lightning_dualtrack)",
+        private: bool | None = None,
+        metrics: Mapping[str, float] | None = None,
+        api: Any = None,
+    ) -> str | None:
+        """Upload safetensors weights, config (class names, preprocessing) and a model card to the HF Hub.
+
+        The folder is kept in the run (``hub/``) and logged to both backends; the Hub URL becomes the
+        ``hf.repo_url`` tag. A failed upload is a warning (strict mode: an error); returns the commit URL.
+        After ``end_run()`` the folder is written and uploaded, but the ended run is not reopened: no tag, a warning.
+        """
+        from lightning_dualtrack.hub import push_from_logger  # after end_run(): uploaded, the run stays ended
+
+        return push_from_logger(self, model, repo_id, commit_message=commit_message, private=private, metrics=metrics, api=api)
