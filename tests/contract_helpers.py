@@ -101,6 +101,9 @@ def assert_delivered(server: Any, logger: HistoryLogger, status: str = "FINISHED
     for key, points in expected.items():
         assert mlflow_points(server, run.info.run_id, key) == points, key
         assert wandb_points(logger, key) == points, key
+    # Like the stock WandbLogger, finalize leaves the W&B run open for a next stage (test after fit); the run
+    # is finished at interpreter exit or by end_run(), which is what a script reading it back calls.
+    logger.end_run()
     assert wandb_run(logger.run_dir, logger.run_id).exit_code == exit_code
     return run
 

@@ -36,6 +36,9 @@ COLUMNS = {
     "wandb_expected",
     "wandb_found",
     "wandb_lost",
+    "journal_expected",
+    "journal_found",
+    "journal_lost",
     "skipped",
 }
 

@@ -402,6 +402,33 @@ def test_wandb_run_already_in_progress(mlflow_server, tmp_path: Path) -> None:
     assert wandb_run(tmp_path, users.id).history == []  # nothing of the logger's in the user's run
 
 
+# Found by the ports in suite order: after any `wandb.init` in the training process, wandb leaves the address of its
+# wandb-core service in os.environ (WANDB_SERVICE). Inherited by the delivery process, it wrote this logger's run
+# through the *user's* service: a relative save_dir was resolved against that process's working directory (the run
+# file was not under the run directory at all) and the held run would end with that service. Not ours: dropped.
+def test_a_users_wandb_service_is_not_inherited_by_delivery(mlflow_server, tmp_path: Path, monkeypatch) -> None:
+    import wandb
+
+    monkeypatch.delenv("WANDB_SERVICE", raising=False)  # restored after the test, whatever wandb sets
+    elsewhere, here = tmp_path / "elsewhere", tmp_path / "here"
+    elsewhere.mkdir()
+    here.mkdir()
+    monkeypatch.chdir(elsewhere)
+    users = wandb.init(mode="offline", project="users_own", dir=str(elsewhere))
+    users.finish()
+    assert os.environ.get("WANDB_SERVICE"), "wandb no longer exports its service address: this test stages nothing"
+    monkeypatch.chdir(here)
+    logger = DualTrackLogger(experiment_name=f"svc_{uuid.uuid4().hex[:8]}", tracking_uri=mlflow_server.url,
+                             wandb_mode="offline", save_dir="runs")  # relative, as in a training script
+    for step in range(3):
+        logger.log_metrics({"acc": float(step)}, step=step)
+    logger.end_run()
+    w = wandb_run(here / "runs" / logger.version, logger.version)
+    assert w.exit_code == 0
+    assert [row["acc"] for row in w.history if "acc" in row] == [0.0, 1.0, 2.0]
+    assert not list(elsewhere.rglob(f"run-{logger.version}.wandb"))
+
+
 # ports test_wandb.py::test_wandb_logger_init_before_spawn: WandbLogger makes its run in __getstate__ so that
 # spawned workers log to it; here the run id is fixed when the logger is built, so a copy pickled before the run
 # exists (as ddp_spawn sends it) logs to the same run in both backends

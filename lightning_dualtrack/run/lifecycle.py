@@ -30,6 +30,10 @@ __all__ = ["ShipperProcess", "StrictHealth", "final_report", "hold_sigterm_in_sp
 def shipper_env(tracking_uri: str, user: str | None, password: str | None) -> dict[str, str]:
     """The shipper's environment: ours, plus the tracking URI and its credentials (never written to a file)."""
     env = dict(os.environ)
+    # A wandb.init in the training process (a stock WandbLogger beside ours, the user's own) exports the address of
+    # its wandb-core service. Inherited, our shipper would write through that process's service: relative paths
+    # resolved against its working directory, and the held W&B run ended when that process exits. Our own.
+    env.pop("WANDB_SERVICE", None)
     env["MLFLOW_TRACKING_URI"] = tracking_uri
     if user:
         env["MLFLOW_TRACKING_USERNAME"] = user
