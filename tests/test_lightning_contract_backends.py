@@ -250,6 +250,7 @@ def test_mlflow_logger_finalize(mlflow_server, tmp_path: Path, status: str, expe
     _ = logger.experiment
     logger.finalize(status)
     assert mlflow_run(mlflow_server, logger).info.status == expected
+    logger.end_run()  # a successful finalize keeps the W&B run open for a next stage (as WandbLogger does)
     assert wandb_run(logger.run_dir, logger.run_id).exit_code == exit_code
 
 
@@ -372,9 +373,11 @@ def test_wandb_logger_init(mlflow_server, tmp_path: Path) -> None:
     hparams = {"none": None, "dict": {"a": 1}, "b": [2, 3, 4], "path": _Path("path")}
     logger.log_hyperparams(hparams)
     logger.finalize("success")
+    logger.end_run()
 
     assert logger.version == "test_id"
     w = wandb_run(logger.run_dir, "test_id")
+    assert len(w.paths) == 1  # both sessions in one W&B offline run file
     assert (w.run_id, w.name, w.project) == ("test_id", "test_name", "test_project")
     assert wandb_points(logger, "acc") == {(0, 1.0), (3, 1.0), (6, 1.0)}
     assert user_config(logger) == {"none": None, "dict/a": 1, "b": [2, 3, 4], "path": "path"}
@@ -409,7 +412,6 @@ def test_wandb_run_already_in_progress(mlflow_server, tmp_path: Path) -> None:
 def test_a_users_wandb_service_is_not_inherited_by_delivery(mlflow_server, tmp_path: Path, monkeypatch) -> None:
     import wandb
 
-    monkeypatch.delenv("WANDB_SERVICE", raising=False)  # restored after the test, whatever wandb sets
     elsewhere, here = tmp_path / "elsewhere", tmp_path / "here"
     elsewhere.mkdir()
     here.mkdir()
