@@ -135,10 +135,8 @@ def push_from_logger(logger: Any, model: Any, repo_id: str, **kwargs: Any) -> st
         logger._ensure_started()
         return run.push_to_hub(model, repo_id, **kwargs)
     folder = run.run_dir / "artifacts" / "hub"
-    try:
-        url = push_to_hub(model, repo_id, folder, **kwargs)
-    except Exception as err:  # noqa: BLE001 - network, credentials, missing package
-        run.messages.fail(f"push_to_hub({repo_id!r}) failed: {type(err).__name__}: {str(err)[:300]}; the folder is in {folder}")
+    url = run.push_to_hub(model, repo_id, record=False, **kwargs)
+    if url is None:
         return None
     run.messages.warn(
         f"push_to_hub({repo_id!r}) after end_run(): uploaded ({url}) and kept in {folder}, but run "

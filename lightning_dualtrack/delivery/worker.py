@@ -622,16 +622,22 @@ def idle_priority_again() -> None:
         return
     with _BOOST_LOCK:
         _boosted = False
-        for pid in [os.getpid(), *_descendant_pids(os.getpid())]:
+        for tid in _our_threads():
             try:
-                tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+                os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
             except OSError:
-                tids = [pid]
-            for tid in tids:
-                try:
-                    os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
-                except OSError:
-                    pass
+                pass
+
+
+def _our_threads() -> list[int]:
+    """Every thread of this process and of its children (wandb-core): scheduling policy is per thread on Linux."""
+    tids: list[int] = []
+    for pid in [os.getpid(), *_descendant_pids(os.getpid())]:
+        try:
+            tids.extend(int(t) for t in os.listdir(f"/proc/{pid}/task"))
+        except OSError:
+            tids.append(pid)
+    return tids
 
 
 def _descendant_pids(pid: int) -> list[int]:
@@ -657,14 +663,9 @@ def end_idle_priority() -> None:
         if _boosted:
             return
         _boosted = True
-        for pid in [os.getpid(), *_descendant_pids(os.getpid())]:
+        for tid in _our_threads():
             try:
-                tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+                if os.sched_getscheduler(tid) == getattr(os, "SCHED_IDLE", -1):
+                    os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
             except OSError:
-                tids = [pid]
-            for tid in tids:
-                try:
-                    if os.sched_getscheduler(tid) == getattr(os, "SCHED_IDLE", -1):
-                        os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
-                except OSError:
-                    pass
+                pass

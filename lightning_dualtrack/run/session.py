@@ -289,7 +289,8 @@ class Run:
         if rec is not None:
             self.append(rec)
 
-    def push_to_hub(self, model: Any, repo_id: str, **kwargs: Any) -> str | None:
+    def push_to_hub(self, model: Any, repo_id: str, record: bool = True, **kwargs: Any) -> str | None:
+        """Write and upload the Hub folder; ``record``: also log it and the ``hf.*`` tags to the run."""
         from lightning_dualtrack.hub import push_to_hub as _push
 
         folder = self.run_dir / "artifacts" / "hub"
@@ -298,8 +299,9 @@ class Run:
         except Exception as err:  # noqa: BLE001 - network, credentials, missing package
             self.messages.fail(f"push_to_hub({repo_id!r}) failed: {type(err).__name__}: {short(str(err))}; the folder is in {folder}")
             return None
-        self.append(records.file("artifacts/hub"))
-        self.set_tags({"hf.repo_id": repo_id, "hf.repo_url": url})
+        if record:
+            self.append(records.file("artifacts/hub"))
+            self.set_tags({"hf.repo_id": repo_id, "hf.repo_url": url})
         return url
 
     # -- the end ----------------------------------------------------------------------------------------
