@@ -98,11 +98,7 @@ class ShipperProcess:
                 f"DUALTRACK: the delivery process exited during the run (status {code}); restarted it. "
                 "Nothing acknowledged is lost, and the final report will say so."
             )
-        try:
-            self.start()
-        except OSError as err:
-            self._gave_up_restarting = True
-            self.warn(f"DUALTRACK: cannot restart the delivery process ({err}); deliver later with `dualtrack sync {self.run_dir}`")
+        self._start_quietly()
 
     def _start_quietly(self) -> None:
         try:
