@@ -32,9 +32,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lightning_dualtrack import DualTrackLogger  # noqa: E402
-from lightning_dualtrack.normalize import flatten_params  # noqa: E402
-from lightning_dualtrack.redact import redact_value  # noqa: E402
+from lightning_dualtrack import DualTrackLogger
+from lightning_dualtrack.core.redact import redact_value
+from lightning_dualtrack.core.values import flatten_params
 
 BUDGETS_US = {"log_metrics (3 scalars)": 20.0, "log_params (100 params)": 2000.0}
 
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.repeats, args.param_repeats = 2000, 30
     with tempfile.TemporaryDirectory() as tmp:
-        logger = DualTrackLogger(save_dir=tmp, mlflow=False, wandb=False, start_shipper=False, log_system_info=False)
+        logger = DualTrackLogger(save_dir=tmp, mlflow=False, wandb=False, deliver=False, log_system_info=False)
         logger.log_metrics({"loss": 1.0, "acc": 0.5, "lr": 0.1}, step=0)  # start the run
         metrics = timed(lambda i: logger.log_metrics({"loss": 1.0 / (i + 1), "acc": 0.5, "lr": 0.1}, step=i), args.repeats, 500)
         assert len(flatten_params(params_for(0))) == 100

@@ -273,15 +273,15 @@ def _read_wandb_history_fallback(path: str) -> list[dict[str, Any]]:
 
 def wandb_history(root: str, run_id: str) -> tuple[list[dict[str, Any]], str]:
     try:
-        from lightning_dualtrack.wandb_file import read_runs
+        from lightning_dualtrack.sinks.wandb.runfile import read_runs
     except ImportError:
         read_runs = None
     if read_runs is not None:
         try:
             run = read_runs(root, run_id)
         except FileNotFoundError:
-            return [], "lightning_dualtrack.wandb_file.read_runs (no run file)"
-        return list(run.history), "lightning_dualtrack.wandb_file.read_runs"
+            return [], "lightning_dualtrack.sinks.wandb.runfile.read_runs (no run file)"
+        return list(run.history), "lightning_dualtrack.sinks.wandb.runfile.read_runs"
     files = sorted(glob.glob(os.path.join(root, "**", f"run-{run_id}.wandb"), recursive=True))
     rows: list[dict[str, Any]] = []
     for f in files:
@@ -412,7 +412,7 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
                 tracking_uri=spec["url"],
                 wandb_mode="offline",
                 save_dir=str(workdir / "dualtrack_runs"),
-                start_shipper=config == "dualtrack",
+                deliver=config == "dualtrack",
                 **({"flush_interval": spec["flush_interval"]} if spec.get("flush_interval") else {}),
             )
         )
@@ -535,7 +535,7 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
         rows, reader = wandb_history(str(workdir), wandb_run_id)
         found = min(sum(1 for r in rows if key in r) for key in keys)
         with contextlib.suppress(Exception):
-            from lightning_dualtrack.wandb_file import read_runs
+            from lightning_dualtrack.sinks.wandb.runfile import read_runs
 
             result["wandb_exit_code"] = read_runs(str(workdir), wandb_run_id).exit_code
         result.update(
@@ -771,7 +771,7 @@ def backlog_scenario(points: int, keys: int, workdir: Path) -> dict[str, Any]:
     from mlflow.tracking import MlflowClient
 
     from lightning_dualtrack import DualTrackLogger
-    from lightning_dualtrack.delivery.shipper import run_shipper
+    from lightning_dualtrack.delivery.rundelivery import run_shipper
 
     steps = points // keys
     server, _ = _mlflow_server(workdir / "server")
@@ -794,7 +794,7 @@ def backlog_scenario(points: int, keys: int, workdir: Path) -> dict[str, Any]:
         server_s = _time.perf_counter() - t0
 
         logger = DualTrackLogger(experiment_name="backlog-shipper", tracking_uri=url, wandb=False,
-                                 save_dir=workdir / "runs", start_shipper=False, log_system_info=False)
+                                 save_dir=workdir / "runs", deliver=False, log_system_info=False)
         for step in range(steps):
             logger.log_metrics({f"{METRIC_PREFIX}{j}": float(step * keys + j) for j in range(keys)}, step=step)
         logger.finalize("success")

@@ -1,6 +1,6 @@
 """lightning_dualtrack: one Lightning logger for MLflow and Weights & Biases, journal first.
 
-Names are imported on first use, so that the delivery process (``python -m lightning_dualtrack.shipper``)
+Names are imported on first use, so that the delivery process (``python -m lightning_dualtrack.delivery``)
 starts without importing Lightning and torch.
 """
 

@@ -16,12 +16,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lightning_dualtrack.core.io import RUN_FILE
+from lightning_dualtrack.core.journal import JournalReader
 from lightning_dualtrack.delivery.report import pending_records, sync_command
-from lightning_dualtrack.delivery.shipper import ShipperBusy, run_shipper
+from lightning_dualtrack.delivery.rundelivery import DeliveryBusy, deliver_run
 from lightning_dualtrack.delivery.state import load_rejected, load_state, rejected_by_reason
-from lightning_dualtrack.journal import JournalReader
-from lightning_dualtrack.sinks import enabled_sinks, sink_names
-from lightning_dualtrack.sinks.base import RUN_FILE, RunContext
+from lightning_dualtrack.sinks import enabled_sinks, registry, sink_class, sink_names
+from lightning_dualtrack.sinks.base import RunContext
 
 _LIGHTNING_SUBCOMMANDS = {"fit", "validate", "test", "predict"}
 
@@ -51,7 +52,9 @@ def run_status(run_dir: Path) -> dict[str, Any]:
         elif e.record.get("k") == "start":
             last_status = "running"
     out: dict[str, Any] = {"run_id": ctx.run_id, "run_dir": str(run_dir), "records": len(entries), "status": last_status,
-                           "unparseable_lines": reader.corrupt_lines, "backends": {}}
+                           "unparseable_lines": reader.corrupt_lines, "backends": {},
+                           "off": {n: (ctx.settings.get(n) or {}).get("off") for n in registry()
+                                   if (ctx.settings.get(n) or {}).get("off")}}
     for name in enabled_sinks(ctx.settings):
         state = load_state(run_dir, name)
         offset = state.get("offset", 0)
@@ -65,8 +68,11 @@ def run_status(run_dir: Path) -> dict[str, Any]:
             "rejected": rejected,
             "rejected_by_reason": dict(rejected_by_reason(rejected)),
             "closed": bool(state.get("closed")) and delivered == len(entries),
+            "held": bool(state.get("held")),
             "run_id": ident.get("run_id"),
             "where": ident.get("url") or ident.get("dir"),
+            "hints": sink_class(name).hints(state),
+            "gave_up": state.get("gave_up"),
             "dirs": _json_list(ident.get("dirs")),  # every W&B directory of a run resumed by other processes
             "last_error": state.get("last_error"),
             "blocked": state.get("blocked"),
@@ -106,30 +112,22 @@ def _print_status(status: dict[str, Any]) -> None:
             print(f"          BLOCKED: {b['blocked'].get('reason')}\n          to deliver: {b['blocked'].get('action')}")
         elif b["last_error"] and not b["closed"]:
             print(f"          last error: {b['last_error']}")
+        if b.get("gave_up") and not b["closed"]:
+            print(f"          {b['gave_up']}")
         if b["failed"]:
             print("          set aside, by reason (`dualtrack sync --retry-rejected` delivers them again):")
             for reason, n in sorted(b["rejected_by_reason"].items(), key=lambda kv: -kv[1]):
                 keys = sorted({str(i.get("key")) for i in b["rejected"] if str(i.get("reason") or i.get("error"))[:160] == reason})
                 print(f"            {n:>5d} x {reason}  (keys: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''})")
+    for name, why in (status.get("off") or {}).items():
+        print(f"  {name:7s} {why}: nothing was sent to it")
     if status.get("unparseable_lines"):
         print(f"  journal: {status['unparseable_lines']} line(s) could not be parsed (skipped, counted)")
 
 
 def _hints(status: dict[str, Any]) -> list[str]:
-    """Commands that open what a run stored."""
-    out = []
-    mlflow = status["backends"].get("mlflow")
-    if mlflow and mlflow.get("where"):
-        where = str(mlflow["where"])
-        out.append(f"  MLflow UI:  {where.split('  ->  ')[0]}" if "mlflow ui" in where else f"  MLflow UI:  {where}")
-    wandb = status["backends"].get("wandb")
-    if wandb and wandb.get("where") and "offline-run" in str(wandb["where"]):
-        # a resumed run (e.g. test after fit) writes one offline directory per session: upload them all
-        every = str(Path(wandb["where"]).parent / "offline-run-*")
-        out.append(f"  W&B:        offline run in {Path(wandb['where']).parent}  (upload: wandb sync {every})")
-    elif wandb and wandb.get("where"):
-        out.append(f"  W&B:        {wandb['where']}")
-    return out
+    """Commands that open what a run stored (each backend's own)."""
+    return [f"  {line}" for b in status["backends"].values() for line in b.get("hints") or []]
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -215,11 +213,10 @@ def cmd_sync(args: argparse.Namespace) -> int:
         progress = _Progress(run_dir, enabled=not quiet and not args.no_progress)
         log = (lambda m: None) if (quiet and args.quiet) else progress.write
         try:
-            # right after a crash the orphaned shipper may still be finishing: wait for it, then take over
-            run_shipper(run_dir, follow=False, poll_interval=0.2, give_up_after=args.timeout, only=only,
-                        log=log, lock_wait=args.wait, retry_rejected=True if args.retry_rejected else None,
-                        take_over_stale=True, progress=progress)
-        except ShipperBusy as err:
+            # right after a crash the delivery process may still be finishing: wait for it, then take over
+            deliver_run(run_dir, poll_interval=0.2, give_up_after=args.timeout, only=only, log=log, lock_wait=args.wait,
+                        retry_rejected=True if args.retry_rejected else None, take_over_stale=True, progress=progress)
+        except DeliveryBusy as err:
             print(f"dualtrack: {err}", file=sys.stderr)
             ok = False
             continue
@@ -248,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_sync.add_argument("--timeout", type=float, default=300.0, help="give up retrying a backend after this many seconds")
     p_sync.add_argument("--only", choices=list(sink_names()), action="append", help="deliver to this backend only")
     p_sync.add_argument("--wait", type=float, default=60.0,
-                        help="wait this long for another process delivering the run (an orphaned shipper is then stopped)")
+                        help="wait this long for another process delivering the run (one whose training process is gone is then stopped)")
     p_sync.add_argument("--retry-rejected", action="store_true",
                         help="deliver again every record a backend rejected (by default only those whose reason may have passed)")
     p_sync.add_argument("--no-progress", action="store_true", help="no progress bars, even on a terminal")

@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from lightning_dualtrack._imports import _HF_HUB_AVAILABLE
-from lightning_dualtrack.redact import redact_mapping
+from lightning_dualtrack.core.imports import _HF_HUB_AVAILABLE
+from lightning_dualtrack.core.redact import redact_mapping
 
 
 def _json_safe(value: Any) -> bool:
@@ -28,7 +28,7 @@ def _hub_config(model: Any, extra: Mapping[str, Any] | None) -> dict[str, Any]:
     config: dict[str, Any] = {"architecture": type(model).__name__, "library_name": "lightning_dualtrack"}
     hparams = getattr(model, "hparams", None)
     if hparams:
-        from lightning_dualtrack.normalize import flatten_params
+        from lightning_dualtrack.core.values import flatten_params
 
         config["hparams"] = redact_mapping(flatten_params(dict(hparams)))
         # the constructor's arguments as given, for ``from_pretrained`` (weights come from model.safetensors)

@@ -3,7 +3,8 @@
 Tracking flags (after the subcommand), as in the reference project:
 
 * ``--experiment_name NAME``: the MLflow experiment and default W&B project;
-* ``--use_mlflow`` / ``--no_mlflow``, ``--use_wandb`` / ``--no_wandb``: choose the backends;
+* ``--use_<backend>`` / ``--no_<backend>`` for every registered backend (``--use_mlflow``, ``--no_wandb``,
+  ``--use_tensorboard``...): choose the backends;
 * ``--no_tracking``: no logger at all (``LearningRateMonitor``/``DeviceStatsMonitor`` dropped with a note);
 * ``--tracking_config PATH``: a tracking config file (:mod:`lightning_dualtrack.tracking_config`).
 
@@ -32,13 +33,25 @@ _LOGGER_CLASS = "lightning_dualtrack.DualTrackLogger"
 _LOGGER_CLASSES = {_LOGGER_CLASS, "lightning_dualtrack.logger.DualTrackLogger"}
 #: callbacks that raise without a logger: dropped (with a note) when tracking is off
 _NEEDS_LOGGER = ("LearningRateMonitor", "DeviceStatsMonitor")
-#: logger argument -> the environment variable that decides it unless the command line does
-_ENV_ARGS = {
-    "experiment_name": "MLFLOW_EXPERIMENT_NAME",
-    "tracking_uri": "MLFLOW_TRACKING_URI",
-    "wandb_mode": "WANDB_MODE",
-    "wandb_project": "WANDB_PROJECT",
-}
+
+
+def _env_args() -> dict[str, str]:
+    """logger argument -> the environment variable that decides it unless the command line does (the experiment
+    name, and every backend setting that declares a variable, e.g. ``tracking_uri``: ``MLFLOW_TRACKING_URI``)."""
+    from lightning_dualtrack.run.config import backend_arguments
+
+    out = {"experiment_name": "MLFLOW_EXPERIMENT_NAME"}
+    out.update({arg: env for arg, (_backend, env) in backend_arguments().items() if env})
+    return out
+
+
+def _backends() -> list[tuple[str, str]]:
+    """(name, title) of every registered backend: the ``--use_<name>`` / ``--no_<name>`` switches."""
+    from lightning_dualtrack.sinks import sink_classes
+
+    return [(cls.name, cls.title) for cls in sink_classes()]
+
+
 #: Trainer settings that describe how the model was trained (left out of validate/test/predict runs, whose
 #: config holds the recipe's value rather than the one the evaluated checkpoint was trained with)
 _FIT_ONLY = {
@@ -128,7 +141,7 @@ def run_params(config: Any, trainer: Any = None, model: Any = None, datamodule: 
     module's resolved settings; ``trainer/`` the Trainer's. The optimizer's and scheduler's are logged by
     :class:`~lightning_dualtrack.callbacks.RunDescription` at fit start (``optimizer/``, ``lr_scheduler/``).
     """
-    from lightning_dualtrack.normalize import flatten_params
+    from lightning_dualtrack.core.values import flatten_params
 
     get = config.get if hasattr(config, "get") else (lambda k, d=None: getattr(config, k, d))
     nested: dict[str, Any] = {}
@@ -205,10 +218,9 @@ class DualTrackCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         group = parser.add_argument_group("Tracking (DualTrackLogger)")
         group.add_argument("--experiment_name", type=str, default=None, help="MLflow experiment / W&B project")
-        group.add_argument("--use_mlflow", action="store_true", help="log to MLflow (the default)")
-        group.add_argument("--no_mlflow", action="store_true", help="do not log to MLflow")
-        group.add_argument("--use_wandb", action="store_true", help="log to W&B (the default)")
-        group.add_argument("--no_wandb", action="store_true", help="do not log to W&B")
+        for name, title in _backends():
+            group.add_argument(f"--use_{name}", action="store_true", help=f"log to {title}")
+            group.add_argument(f"--no_{name}", action="store_true", help=f"do not log to {title}")
         group.add_argument("--no_tracking", action="store_true", help="no logger at all")
         group.add_argument("--tracking_config", type=str, default=None,
                            help="a tracking config file (mlflow: / wandb: sections, typed schema); see tracking_config.py")
@@ -222,11 +234,12 @@ class DualTrackCLI(LightningCLI):
         raise SystemExit(2)
 
     def _check_flags(self, cfg: Any) -> None:
-        for on, off in (("use_mlflow", "no_mlflow"), ("use_wandb", "no_wandb")):
-            if cfg.get(on) and cfg.get(off):
-                self._usage_error(f"--{on} and --{off} contradict each other; give at most one")
+        names = [name for name, _ in _backends()]
+        for name in names:
+            if cfg.get(f"use_{name}") and cfg.get(f"no_{name}"):
+                self._usage_error(f"--use_{name} and --no_{name} contradict each other; give at most one")
         if cfg.get("no_tracking"):
-            given = [f"--{f}" for f in ("use_mlflow", "use_wandb") if cfg.get(f)]
+            given = [f"--use_{n}" for n in names if cfg.get(f"use_{n}")]
             if given:
                 self._usage_error(f"--no_tracking and {' '.join(given)} contradict each other; give at most one")
 
@@ -243,11 +256,11 @@ class DualTrackCLI(LightningCLI):
     def _apply_env(self, args: Any) -> None:
         """Recipe default < environment variable < command line: a recipe value the environment decides
         is replaced (by ``None`` where the logger reads the variable itself)."""
-        for arg, env in _ENV_ARGS.items():
+        for arg, env in _env_args().items():
             value = os.environ.get(env)
             if not value or self._given_on_command_line(arg):
                 continue
-            # the logger reads MLFLOW_TRACKING_URI, WANDB_MODE and WANDB_PROJECT itself when given None
+            # the logger reads the backends' variables itself when given None
             _set(args, arg, value if arg == "experiment_name" else None)
 
     def _drop_callbacks_needing_a_logger(self, cfg: Any, why: str) -> None:
@@ -297,14 +310,11 @@ class DualTrackCLI(LightningCLI):
             self._apply_env(args)
             if cfg.get("experiment_name"):
                 _set(args, "experiment_name", cfg.experiment_name)
-            if cfg.get("no_mlflow"):
-                _set(args, "mlflow", False)
-            elif cfg.get("use_mlflow"):
-                _set(args, "mlflow", True)
-            if cfg.get("no_wandb"):
-                _set(args, "wandb", False)
-            elif cfg.get("use_wandb"):
-                _set(args, "wandb", True)
+            for name, _title in _backends():
+                if cfg.get(f"no_{name}"):
+                    _set(args, name, False)
+                elif cfg.get(f"use_{name}"):
+                    _set(args, name, True)
             self._continue_checkpoint_runs(cfg, args)
 
     def after_instantiate_classes(self) -> None:

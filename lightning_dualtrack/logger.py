@@ -1,11 +1,11 @@
-"""``DualTrackLogger``: a Lightning logger that records every event once and ships it to MLflow and W&B.
+"""``DualTrackLogger``: a Lightning logger that records every event once and delivers it to every backend.
 
 This module is the adapter: Lightning's ``Logger`` interface and the tracker API for direct use. A
 call validates cheaply (:mod:`lightning_dualtrack.run.policy`), writes any payload file into the run
 directory (:mod:`~lightning_dualtrack.run.payloads`) and appends one record to the run's journal
-(:mod:`~lightning_dualtrack.run.session`). A child process delivers the journal to MLflow and W&B in
-the background (:mod:`~lightning_dualtrack.run.lifecycle`); ``dualtrack sync RUN_DIR`` delivers whatever
-was not delivered when the process ended. Nothing here imports ``mlflow`` or ``wandb``.
+(:mod:`~lightning_dualtrack.run.session`). The process's delivery service delivers the journal to MLflow, W&B
+(and any other registered backend) in the background (:mod:`lightning_dualtrack.delivery`); ``dualtrack sync
+RUN_DIR`` delivers whatever was not delivered when the process ended. Nothing here imports ``mlflow`` or ``wandb``.
 
 Example:
     >>> from lightning_dualtrack import DualTrackLogger
@@ -16,8 +16,9 @@ Example:
 
 from __future__ import annotations
 
-import atexit
+import inspect
 import os
+import weakref
 from argparse import Namespace
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,40 +28,29 @@ from lightning.fabric.utilities.logger import _add_prefix
 from lightning.pytorch.loggers.logger import Logger, rank_zero_experiment
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from lightning_dualtrack.journal import JournalWriter
-from lightning_dualtrack.normalize import short
+from lightning_dualtrack.core.journal import JournalWriter
+from lightning_dualtrack.core.messages import DualTrackWarning
+from lightning_dualtrack.core.values import short
 from lightning_dualtrack.run import compat
-from lightning_dualtrack.run.compat import exit_status, wait_for_identity
-from lightning_dualtrack.run.config import DEFAULT_TRACKING_URI, new_run_id, resolve_config
-from lightning_dualtrack.run.lifecycle import hold_sigterm_in_spawned_worker, shipper_env
+from lightning_dualtrack.run.compat import wait_for_identity
+from lightning_dualtrack.run.config import backend_docs, backend_parameters, new_run_id, resolve_config
 from lightning_dualtrack.run.media_api import MediaLogging
 from lightning_dualtrack.run.model_api import ModelLogging
-from lightning_dualtrack.run.policy import DualTrackWarning
 from lightning_dualtrack.run.session import Run
-from lightning_dualtrack.sinks.base import RUN_FILE
 
-__all__ = ["DEFAULT_TRACKING_URI", "DualTrackLogger", "DualTrackWarning", "create_tracker", "new_run_id"]
-
-WandbMode = Literal["online", "offline", "disabled"]
+__all__ = ["DualTrackLogger", "DualTrackWarning", "create_tracker", "new_run_id"]
 
 
 class DualTrackLogger(MediaLogging, ModelLogging, Logger):
-    """Log to MLflow and Weights & Biases at once, without slowing training or losing data.
+    """Log to MLflow and Weights & Biases (and any other registered backend) at once, without slowing training or
+    losing data.
 
     Args:
-        experiment_name: MLflow experiment (created if missing); the default W&B project.
-        run_name: display name of the run in both backends (else a generated one, the same in both).
+        experiment_name: MLflow experiment (created if missing); the default W&B project. Else
+            ``MLFLOW_EXPERIMENT_NAME``, else ``lightning_dualtrack``.
+        run_name: display name of the run in every backend (else a generated one, the same in all).
         tags: ``{key: value}``; MLflow tags and W&B ``key:value`` tags.
-        mlflow: deliver to MLflow.
-        tracking_uri: MLflow tracking URI; else ``MLFLOW_TRACKING_URI`` (read when the logger is built),
-            else ``sqlite:///mlflow.db`` in the working directory. Credentials in the URI
-            (``user:pass@``) are used but never written anywhere.
-        wandb: deliver to W&B.
-        wandb_project: else ``WANDB_PROJECT``, else ``experiment_name``.
-        wandb_entity: W&B entity (team or user).
-        wandb_group: W&B run group.
-        wandb_mode: ``online | offline | disabled``; else ``WANDB_MODE``; else online when W&B credentials
-            exist, offline otherwise.
+        prefix: joined to every metric key with ``-`` (as Lightning's loggers do).
         save_dir: where run directories are made (``save_dir/<run id>/``).
         log_model: ``False``; ``True`` (best and last checkpoint at the end); ``"all"`` (every checkpoint).
             Uploads are copies with the saved hyperparameters redacted; local checkpoints are untouched.
@@ -70,6 +60,10 @@ class DualTrackLogger(MediaLogging, ModelLogging, Logger):
         strict: raise on bad input and backend failures instead of warning.
         finalize_timeout: at most this many seconds in ``finalize`` waiting for delivery; the rest
             stays in the journal for ``dualtrack sync``.
+        log_system_info: journal the command line, versions, devices and the package list at the start.
+        deliver: deliver in the background (the process's delivery service); False: journal only, deliver
+            later with ``dualtrack sync``.
+{backends}
     """
 
     def __init__(
@@ -79,13 +73,6 @@ class DualTrackLogger(MediaLogging, ModelLogging, Logger):
         tags: Mapping[str, Any] | None = None,
         *,
         prefix: str = "",
-        mlflow: bool = True,
-        tracking_uri: str | None = None,
-        wandb: bool = True,
-        wandb_project: str | None = None,
-        wandb_entity: str | None = None,
-        wandb_group: str | None = None,
-        wandb_mode: WandbMode | None = None,
         save_dir: str | os.PathLike = "dualtrack_runs",
         log_model: bool | Literal["all"] = False,
         run_id: str | None = None,
@@ -94,25 +81,26 @@ class DualTrackLogger(MediaLogging, ModelLogging, Logger):
         strict: bool = False,
         finalize_timeout: float = 30.0,
         log_system_info: bool = True,
-        start_shipper: bool = True,
+        deliver: bool = True,
+        **backends: Any,
     ) -> None:
         super().__init__()
         if experiment_name is None:  # MLflow's own variable, like MLFlowLogger; then the package default
             experiment_name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or "lightning_dualtrack"
         self._prefix = str(prefix or "")
         self._config = resolve_config(
-            experiment_name, run_name, tags, mlflow=mlflow, tracking_uri=tracking_uri, wandb=wandb, wandb_project=wandb_project,
-            wandb_entity=wandb_entity, wandb_group=wandb_group, wandb_mode=wandb_mode, save_dir=save_dir, log_model=log_model,
-            run_id=run_id, resume=resume, flush_interval=flush_interval, strict=strict, finalize_timeout=finalize_timeout,
-            log_system_info=log_system_info, start_shipper=start_shipper,
+            experiment_name, run_name, tags, backends=backends, save_dir=save_dir, log_model=log_model, run_id=run_id,
+            resume=resume, flush_interval=flush_interval, strict=strict, finalize_timeout=finalize_timeout,
+            log_system_info=log_system_info, deliver=deliver,
         )  # fmt: skip
-        root = self._config.root
-        self._resuming = (root / self._config.run_id / RUN_FILE).exists()
         self._run = Run(self._config)
-        self._checkpoint_callbacks: dict[int, Any] = {}  # every ModelCheckpoint that saved, by identity
         self._figure_counts: dict[str, int] = {}
         self._watcher: compat.Watcher | None = None
-        self._atexit_registered = False
+        # the run ends when this object is gone (a sweep drops each trial's logger); not at exit: the run's own
+        # exit handler ends it there, with the right status
+        weakref.finalize(self, self._run.owner_gone).atexit = False
+        if rank_zero_only.rank == 0:
+            self._run.start_delivery()  # its start-up overlaps the model's setup
 
     # -- Lightning's Logger interface -------------------------------------------------------------
     @property
@@ -145,8 +133,15 @@ class DualTrackLogger(MediaLogging, ModelLogging, Logger):
         return self._config.run_id
 
     @property
-    def tracking_uri(self) -> str:
-        return self._config.tracking_uri
+    def tracking_uri(self) -> str | None:
+        """MLflow's tracking URI (without credentials); None when MLflow is off."""
+        return self._config.setting("mlflow", "tracking_uri") if self._config.enabled("mlflow") else None
+
+    @property
+    def backends(self) -> dict[str, dict[str, Any]]:
+        """Every registered backend as resolved for this run: ``enabled``, its settings (what ``run.json`` holds; no
+        credential) and, for one asked for but turned off by the environment, ``off`` (why)."""
+        return {name: b.section() for name, b in self._config.backends.items()}
 
     @property
     def mlflow_run_id(self) -> str | None:
@@ -163,11 +158,11 @@ class DualTrackLogger(MediaLogging, ModelLogging, Logger):
         return self._mlflow_identity().get("experiment_id")
 
     def _mlflow_identity(self) -> dict[str, Any]:
-        return wait_for_identity(self._run, "mlflow") if self._config.mlflow_enabled else {}
+        return wait_for_identity(self._run, "mlflow") if self._config.enabled("mlflow") else {}
 
     @property
     def wandb_run_id(self) -> str | None:
-        return self._config.run_id if self._config.wandb_enabled else None
+        return self._config.run_id if self._config.enabled("wandb") else None
 
     @property
     def last_report(self) -> dict[str, Any] | None:
@@ -182,10 +177,12 @@ class DualTrackLogger(MediaLogging, ModelLogging, Logger):
         return self
 
     @rank_zero_only
+    @compat.guarded("log_hyperparams")
     def log_hyperparams(self, params: dict[str, Any] | Namespace, *args: Any, **kwargs: Any) -> None:
         self.log_params(params)
 
     @rank_zero_only
+    @compat.guarded("log_metrics")
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         """Record metrics at ``step`` (Lightning's global step; an own counter when None)."""
         if self._run.journal is None:
@@ -202,9 +199,9 @@ class DualTrackLogger(MediaLogging, ModelLogging, Logger):
 
     @rank_zero_only
     def finalize(self, status: str = "success") -> None:
-        """End the run in both backends (bounded by ``finalize_timeout``). Idempotent."""
-        callbacks = list(self._checkpoint_callbacks.values()) if self._config.log_model is True else []
-        self._run.finalize(status, checkpoint_callbacks=callbacks)
+        """End the session in every backend (bounded by ``finalize_timeout``); the backend runs stay open for a
+        next session of this run (``trainer.test`` after ``fit``) until :meth:`end_run`. Idempotent."""
+        self._run.finalize(status)
 
     @rank_zero_only
     def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
@@ -216,17 +213,9 @@ class DualTrackLogger(MediaLogging, ModelLogging, Logger):
             for rec in self._run.payloads.checkpoints(checkpoint_callback):
                 self._run.append(rec)
         else:
-            self._checkpoint_callbacks[id(checkpoint_callback)] = checkpoint_callback
+            self._run.checkpoint_callbacks[id(checkpoint_callback)] = checkpoint_callback
 
     # -- tracker API (direct use) -------------------------------------------------------------------
-    @classmethod
-    def from_config(cls, path: str | os.PathLike, **overrides: Any) -> DualTrackLogger:
-        """A logger from a tracking config file (seed 2's ``mlflow:`` layout and a ``wandb:`` section beside it),
-        with its typed schema enforced; see :func:`lightning_dualtrack.trackers.from_config`."""
-        from lightning_dualtrack.trackers import from_config
-
-        return from_config(path, **overrides)
-
     def start_run(self, run_name: str | None = None) -> DualTrackLogger:
         """Start (or resume) the run; returns the logger. Called for you on first use."""
         if run_name is not None and self._run.journal is None:
@@ -255,12 +244,14 @@ class DualTrackLogger(MediaLogging, ModelLogging, Logger):
         self.end_run(status)
 
     @rank_zero_only
+    @compat.guarded("log_params")
     def log_params(self, params: Mapping[str, Any] | Namespace | Any) -> None:
         """Record params, flattened with ``/``; secrets redacted; see the README for the policies."""
         self._ensure_started()
         self._guarded("log_params", self._run.log_params, params)
 
     @rank_zero_only
+    @compat.guarded("set_tags")
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         self._ensure_started()
         self._guarded("set_tags", self._run.set_tags, tags)
@@ -281,27 +272,16 @@ class DualTrackLogger(MediaLogging, ModelLogging, Logger):
 
     @rank_zero_only
     def _ensure_started(self) -> JournalWriter:
-        journal = self._run.ensure_started()
-        if not self._atexit_registered:
-            atexit.register(self._atexit)
-            self._atexit_registered = True
-        return journal
+        return self._run.ensure_started()
 
-    def _atexit(self) -> None:
-        if self._run.journal is not None and not self._run.finalized:
-            hold_sigterm_in_spawned_worker()  # ddp_spawn: torch SIGTERMs a failed worker while this ends its run
-            self.finalize(exit_status())
 
-    def _shipper_env(self) -> dict[str, str]:
-        return shipper_env(self._config.tracking_uri, self._config.mlflow_user, self._config.mlflow_password)
-
-    # Read by tests and by other modules of the package (kept from the single-class facade).
-    _journal = property(lambda self: self._run.journal)
-    _shipper = property(lambda self: self._run.shipper)
-    _run_dir = property(lambda self: self._run.run_dir)
-    _wandb_mode = property(lambda self: self._config.wandb_mode)
-    _wandb_enabled = property(lambda self: self._config.wandb_enabled)
-    _mlflow_enabled = property(lambda self: self._config.mlflow_enabled)
+DualTrackLogger.__init__.__signature__ = inspect.signature(DualTrackLogger.__init__).replace(  # type: ignore[attr-defined]
+    parameters=[
+        *(p for p in inspect.signature(DualTrackLogger.__init__).parameters.values() if p.kind != p.VAR_KEYWORD),
+        *backend_parameters(),
+    ]
+)
+DualTrackLogger.__doc__ = (DualTrackLogger.__doc__ or "").replace("{backends}", backend_docs())
 
 
 def create_tracker(

@@ -1,14 +1,14 @@
-"""The seeds' tracker APIs as thin entry points over :class:`~lightning_dualtrack.DualTrackLogger`.
+"""The tracker APIs of the CLIP HAR project and the MLflow ExperimentTracker project, as thin entry points over :class:`~lightning_dualtrack.DualTrackLogger`.
 
 Each class *is* a ``DualTrackLogger`` (so it also goes into ``Trainer(logger=...)``): one code path, one journal,
 the same delivery. What they add is names and defaults:
 
-* :class:`ExperimentTracker` -- the MLflow project seed's API: ``start_run``, ``log_parameters``, ``log_metrics``,
+* :class:`ExperimentTracker` -- the MLflow ExperimentTracker project's API: ``start_run``, ``log_parameters``, ``log_metrics``,
   ``log_model(model, model_name, input_example=)``, ``log_visualization(fig, name)``, ``end_run``; MLflow only
   unless ``wandb=True``; a typed schema (:class:`~lightning_dualtrack.tracking_config.Schema`); and at the end of
-  the run the seed's monitoring figures as ``system/`` metrics (run duration, CPU time, peak memory, the run
+  the run that project's monitoring figures as ``system/`` metrics (run duration, CPU time, peak memory, the run
   directory's storage: journal, payloads).
-* :class:`MLflowTracker`, :class:`WandbTracker`, :class:`MultiTracker` -- the CLIP HAR seed's trackers: one
+* :class:`MLflowTracker`, :class:`WandbTracker`, :class:`MultiTracker` -- the CLIP HAR project's trackers: one
   backend each, or both in one run.
 * :func:`from_config` -- a logger from a tracking config file (:mod:`lightning_dualtrack.tracking_config`).
 
@@ -30,8 +30,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from lightning_dualtrack.core.values import flatten_params
 from lightning_dualtrack.logger import DualTrackLogger
-from lightning_dualtrack.normalize import flatten_params
 from lightning_dualtrack.tracking_config import Schema, load_tracking_config
 
 __all__ = ["ExperimentTracker", "MLflowTracker", "MultiTracker", "WandbTracker", "from_config", "monitoring_metrics"]
@@ -49,7 +49,7 @@ def _dir_bytes(path: Path) -> int:
 
 
 def monitoring_metrics(run_dir: str | os.PathLike, started: float | None) -> dict[str, float]:
-    """The seed's monitoring list, measured here: run duration (this session, s), resource usage (CPU time in s,
+    """The ExperimentTracker project's monitoring list, measured here: run duration (this session, s), resource usage (CPU time in s,
     peak resident memory in MB of this process) and storage usage (MB: the journal, payload files, the run
     directory in all). Keys start with ``system/`` so MLflow shows them on the System metrics tab."""
     run_dir = Path(run_dir)
@@ -78,7 +78,7 @@ class ExperimentTracker(DualTrackLogger):
         experiment_name: the MLflow experiment (and W&B project when W&B is on).
         tracking_uri: else ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``.
         run_name: the run's display name.
-        wandb: also log to W&B (off by default: the seed is an MLflow project).
+        wandb: also log to W&B (off by default: ExperimentTracker is an MLflow API).
         schema: declared types, a :class:`~lightning_dualtrack.tracking_config.Schema` or
             ``{"parameters": {name: type}, "metrics": {name: type}, "strict": bool}``.
         monitoring: log :func:`monitoring_metrics` when the run ends.
@@ -109,7 +109,7 @@ class ExperimentTracker(DualTrackLogger):
         if self._session_started is None:
             self._session_started = time.monotonic()
 
-    # -- the seed's names ---------------------------------------------------------------------------------------
+    # -- the ExperimentTracker project's names ---------------------------------------------------------------------------------------
     def start_run(self, run_name: str | None = None) -> ExperimentTracker:
         """Start (or resume) the run; returns the tracker."""
         self._touch()
@@ -117,11 +117,11 @@ class ExperimentTracker(DualTrackLogger):
         return self
 
     def log_parameters(self, params: Mapping[str, Any]) -> None:
-        """``log_params`` under the seed's name (declared types checked)."""
+        """``log_params`` under ExperimentTracker's name (declared types checked)."""
         self.log_params(params)
 
     def log_visualization(self, figure: Any, name: str, step: int | None = None) -> None:
-        """A matplotlib figure (or image) as a PNG in both backends: ``log_figure`` under the seed's name."""
+        """A matplotlib figure (or image) as a PNG in both backends: ``log_figure`` under ExperimentTracker's name."""
         self.log_figure(figure, name, step=step)
 
     # -- schema and monitoring on the shared methods ------------------------------------------------------------
@@ -148,7 +148,7 @@ class ExperimentTracker(DualTrackLogger):
 
 
 class MLflowTracker(ExperimentTracker):
-    """The CLIP HAR seed's MLflow tracker: a run in MLflow only."""
+    """The CLIP HAR project's MLflow tracker: a run in MLflow only."""
 
     def __init__(self, experiment_name: str = "lightning_dualtrack", tracking_uri: str | None = None,
                  run_name: str | None = None, **kwargs: Any) -> None:
@@ -157,7 +157,7 @@ class MLflowTracker(ExperimentTracker):
 
 
 class WandbTracker(ExperimentTracker):
-    """The CLIP HAR seed's W&B tracker: a run in W&B only (``mode``: else ``WANDB_MODE``, else online with
+    """The CLIP HAR project's W&B tracker: a run in W&B only (``mode``: else ``WANDB_MODE``, else online with
     credentials, offline without)."""
 
     def __init__(self, project: str = "lightning_dualtrack", entity: str | None = None, run_name: str | None = None,

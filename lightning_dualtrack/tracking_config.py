@@ -1,7 +1,8 @@
-"""A tracking config file in the seed's layout, and the typed schema it declares.
+"""A tracking config file in the MLflow ExperimentTracker project's layout, and the typed schema it declares.
 
-The file is read as the seed (an MLflow ``ExperimentTracker`` project) writes its ``config/mlflow_config.yaml``,
-with an optional ``wandb:`` section beside it::
+The file is read as that project writes its ``config/mlflow_config.yaml``,
+with a section per other backend beside it (a backend's section holds its settings, by their ``run.json`` keys;
+absent: that backend is not used, except MLflow, that project's own)::
 
     mlflow:
       tracking_uri: http://127.0.0.1:5000
@@ -16,8 +17,9 @@ with an optional ``wandb:`` section beside it::
       mode: offline     # else WANDB_MODE, else online with credentials / offline without
     strict: false       # true: a declared key of the wrong type is an error instead of a warning
 
-Precedence, as everywhere in this package: an explicit argument > the environment (``MLFLOW_TRACKING_URI``,
-``MLFLOW_EXPERIMENT_NAME``, ``WANDB_MODE``, ``WANDB_PROJECT``) > this file > the logger's defaults.
+Precedence, as everywhere in this package: an explicit argument > the environment (``MLFLOW_EXPERIMENT_NAME`` and
+each backend setting's variable: ``MLFLOW_TRACKING_URI``, ``WANDB_MODE``, ``WANDB_PROJECT``...) > this file > the
+logger's defaults.
 
 Schema: a declared parameter or metric given a value of another type is warned about, naming the key, the expected
 type, the value and what was stored -- a value that converts cleanly (``"32"`` for an ``int``) is stored
@@ -43,10 +45,8 @@ __all__ = ["Schema", "SchemaError", "TrackingConfig", "load_tracking_config"]
 
 _TYPES = {"int": "int", "integer": "int", "float": "float", "double": "float", "number": "float",
           "str": "str", "string": "str", "text": "str", "bool": "bool", "boolean": "bool"}
-_MLFLOW_KEYS = {"tracking_uri", "experiment_name", "run_name", "logging", "tags", "registry_uri"}
-_WANDB_KEYS = {"project", "entity", "group", "mode", "enabled"}
-_ENV = {"tracking_uri": "MLFLOW_TRACKING_URI", "experiment_name": "MLFLOW_EXPERIMENT_NAME",
-        "wandb_mode": "WANDB_MODE", "wandb_project": "WANDB_PROJECT"}
+_SHARED_KEYS = {"experiment_name", "run_name", "logging", "tags"}  # the run's own, in the `mlflow:` section
+_HOME_BACKEND = "mlflow"  # the file is an MLflow config: that section is always on
 
 
 class SchemaError(ValueError):
@@ -54,7 +54,7 @@ class SchemaError(ValueError):
 
 
 def _warn(message: str) -> None:
-    from lightning_dualtrack.logger import DualTrackWarning
+    from lightning_dualtrack.core.messages import DualTrackWarning
 
     warnings.warn(message, DualTrackWarning, stacklevel=4)
 
@@ -212,35 +212,43 @@ def load_tracking_config(path: str | os.PathLike, env: Mapping[str, str] | None 
     where = str(path)
     if not isinstance(data, Mapping):
         raise ValueError(f"{where}: expected a mapping with an `mlflow:` section, but got {type(data).__name__}")
-    for key in set(data) - {"mlflow", "wandb", "strict"}:
-        _warn(f"{where}: unknown top-level key {key!r} ignored (expected mlflow, wandb, strict)")
-    mlflow = data.get("mlflow") or {}
-    wandb = data.get("wandb")
-    if not isinstance(mlflow, Mapping) or (wandb is not None and not isinstance(wandb, Mapping)):
-        raise ValueError(f"{where}: expected `mlflow:` and `wandb:` to be mappings")
-    for key in set(mlflow) - _MLFLOW_KEYS:
-        _warn(f"{where}: unknown key mlflow.{key} ignored (known: {sorted(_MLFLOW_KEYS)})")
-    for key in set(wandb or {}) - _WANDB_KEYS:
-        _warn(f"{where}: unknown key wandb.{key} ignored (known: {sorted(_WANDB_KEYS)})")
-    logging = mlflow.get("logging") or {}
+    from lightning_dualtrack.sinks import sink_classes
+
+    backends = {cls.name: cls for cls in sink_classes()}
+    for key in set(data) - {*backends, "strict"}:
+        _warn(f"{where}: unknown top-level key {key!r} ignored (expected one of {sorted({*backends, 'strict'})})")
+    sections: dict[str, Mapping[str, Any] | None] = {}
+    for name, cls in backends.items():
+        section = data.get(name)
+        if section is not None and not isinstance(section, Mapping):
+            raise ValueError(f"{where}: expected `{name}:` to be a mapping, but got {type(section).__name__}")
+        known = {s.key for s in cls.settings} | {"enabled"} | (_SHARED_KEYS if name == _HOME_BACKEND else set())
+        for key in set(section or {}) - known:
+            _warn(f"{where}: unknown key {name}.{key} ignored (known: {sorted(known)})")
+        sections[name] = section
+    shared = sections.get(_HOME_BACKEND) or {}
+    logging = shared.get("logging") or {}
     schema = Schema(
         parameters=_declared(logging.get("parameters"), "parameters", where),
         metrics=_declared(logging.get("metrics"), "metrics", where),
         strict=bool(data.get("strict", False)),
     )
-    kwargs: dict[str, Any] = {"mlflow": True, "wandb": bool(wandb) and wandb.get("enabled", True) is not False}
-    for key in ("tracking_uri", "experiment_name", "run_name"):
-        if mlflow.get(key) is not None:
-            kwargs[key] = str(mlflow[key])
-    if isinstance(mlflow.get("tags"), Mapping):
-        kwargs["tags"] = dict(mlflow["tags"])
-    for src, dst in (("project", "wandb_project"), ("entity", "wandb_entity"), ("group", "wandb_group"),
-                     ("mode", "wandb_mode")):
-        if wandb and wandb.get(src) is not None:
-            kwargs[dst] = str(wandb[src])
-    for key, var in _ENV.items():
-        if env.get(var) and key in kwargs:
-            del kwargs[key]  # the environment beats the file
+    kwargs: dict[str, Any] = {}
+    for key in ("experiment_name", "run_name"):
+        if shared.get(key) is not None:
+            kwargs[key] = str(shared[key])
+    if isinstance(shared.get("tags"), Mapping):
+        kwargs["tags"] = dict(shared["tags"])
+    for name, cls in backends.items():
+        section = sections[name]
+        kwargs[name] = (name == _HOME_BACKEND or section is not None) and (section or {}).get("enabled", True) is not False
+        for setting in cls.settings:
+            value = (section or {}).get(setting.key)
+            if value is None:
+                continue
+            if setting.env and env.get(setting.env):
+                continue  # the environment beats the file
+            kwargs[setting.arg] = str(value)
     if env.get("MLFLOW_EXPERIMENT_NAME"):
         kwargs["experiment_name"] = env["MLFLOW_EXPERIMENT_NAME"]
     return TrackingConfig(kwargs, schema, where)

@@ -2,7 +2,7 @@
 
 Upstream reads what a logger did from mocks of ``mlflow`` and ``wandb``; the ports read what reached the
 backends instead: the real ``mlflow server`` (``MlflowClient``) and the offline W&B run file
-(:mod:`lightning_dualtrack.wandb_file`).
+(:mod:`lightning_dualtrack.sinks.wandb.runfile`).
 """
 
 from __future__ import annotations

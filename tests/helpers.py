@@ -67,7 +67,7 @@ def metric_steps(tracking_uri: str, run_id: str, key: str) -> list[int]:
 
 
 def wandb_run(run_dir: Path, run_id: str):
-    from lightning_dualtrack.wandb_file import read_runs
+    from lightning_dualtrack.sinks.wandb.runfile import read_runs
 
     return read_runs(run_dir, run_id)
 

@@ -44,7 +44,7 @@ from lightning.fabric.utilities.throughput import Throughput, get_available_flop
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
-from lightning_dualtrack._imports import _PYNVML_AVAILABLE
+from lightning_dualtrack.core.imports import _PYNVML_AVAILABLE
 
 __all__ = ["ThroughputMonitor"]
 

@@ -1,13 +1,15 @@
 """Delivery: the journal, read back and handed to each backend, nothing lost, nothing stored twice.
 
-One file per concern (each imports nothing heavy; sinks import their backend on first use):
+One file per concern (none imports anything heavy; sinks import their backend on first use):
 
-* :mod:`~lightning_dualtrack.delivery.errors`: the error taxonomy (transient / too large / rejected / blocked).
-* :mod:`~lightning_dualtrack.delivery.state`: ack state per sink, shared by the logger, the CLI and the shipper.
-* :mod:`~lightning_dualtrack.delivery.links`: the cross-link exchange (each backend's run names the other's).
-* :mod:`~lightning_dualtrack.delivery.worker`: one thread per sink: read, deliver, ack, isolate, retry.
-* :mod:`~lightning_dualtrack.delivery.shipper`: the loop that runs the workers for one run (``dualtrack sync``
-  and the child process ``python -m lightning_dualtrack.shipper``).
-* :mod:`~lightning_dualtrack.delivery.process`: the logger's side: start, supervise and stop that child.
+* :mod:`~lightning_dualtrack.delivery.client`: the training process's side: its one delivery service, started
+  once and shared by every run; commands, liveness, the bounded wait for a run's end.
+* :mod:`~lightning_dualtrack.delivery.service`: that service process (``python -m lightning_dualtrack.delivery``).
+* :mod:`~lightning_dualtrack.delivery.rundelivery`: one run's workers under its lock (the service keeps one per
+  run; ``dualtrack sync`` runs one in the foreground).
+* :mod:`~lightning_dualtrack.delivery.worker`: one thread per backend: read, deliver, ack, isolate, retry.
+* :mod:`~lightning_dualtrack.delivery.state`: ack state per backend, read by the logger, the CLI and delivery.
+* :mod:`~lightning_dualtrack.delivery.links`: the cross-link exchange (each backend's run names the others').
 * :mod:`~lightning_dualtrack.delivery.report`: the final message (delivered / pending / rejected, and the command).
+* :mod:`~lightning_dualtrack.delivery.priority`: only idle CPU time while training runs.
 """

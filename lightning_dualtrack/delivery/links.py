@@ -10,7 +10,7 @@ from typing import Any
 
 
 class Links:
-    """Each sink's public identity, shared between the workers of one shipper."""
+    """Each sink's public identity, shared between the workers of one run."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()

@@ -5,14 +5,15 @@ as true as the state files: the logger prints it at finalize, and ``dualtrack st
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 from pathlib import Path
 from typing import Any
 
+from lightning_dualtrack.core.journal import JOURNAL_NAME
 from lightning_dualtrack.delivery.state import load_rejected, rejected_by_reason
-from lightning_dualtrack.journal import JOURNAL_NAME
+from lightning_dualtrack.sinks import sink_class
+from lightning_dualtrack.sinks.base import Sink
 
 
 def pending_records(run_dir: str | os.PathLike, offset: int) -> int:
@@ -28,15 +29,13 @@ def pending_records(run_dir: str | os.PathLike, offset: int) -> int:
         return 0
 
 
-def where(state: dict[str, Any]) -> str:
-    ident = state.get("identity") or {}
-    if not ident.get("url") and ident.get("dirs"):  # W&B offline, a run resumed by another process: every part
-        try:
-            dirs = json.loads(ident["dirs"])
-            return " + ".join(map(str, dirs)) + f" ({len(dirs)} directories: upload them all with `wandb sync`)"
-        except (TypeError, ValueError):
-            pass
-    return str(ident.get("url") or ident.get("dir") or ident.get("run_id") or "(not created)")
+def where(name: str, state: dict[str, Any]) -> str:
+    """Where a person finds backend ``name``'s run (the sink's own words)."""
+    try:
+        cls = sink_class(name)
+    except (KeyError, ImportError, AttributeError):
+        cls = Sink
+    return cls.where(state)
 
 
 def sync_command(run_dir: str | os.PathLike, retry_rejected: bool = False) -> str:
@@ -50,11 +49,14 @@ def final_report(
     finalize_timeout: float,
     restarts: int = 0,
     held_by: int | None = None,
+    off: dict[str, str] | None = None,
+    lost: int = 0,
 ) -> str:
     """The true final message (several lines, each prefixed ``[dualtrack]``).
 
-    ``held_by``: the pid of the delivery process that keeps running after this session's end, holding the
-    backend runs open for the next session of the same process (see :mod:`lightning_dualtrack.run.session`).
+    ``held_by``: the pid of this process's delivery service, which keeps the backend runs open for the next
+    session of the run (``trainer.test`` after ``fit``); ``off``: backends asked for but turned off, and why;
+    ``lost``: records that could not be written to the journal (a full disk, a deleted run directory).
     """
     run_dir = Path(run_dir)
     run_id = run_dir.name
@@ -71,9 +73,10 @@ def final_report(
         if done:
             held = ""
             if state.get("held"):
-                held = (f" (every record is in the run file; the run stays open for a next session of this process"
-                        f"{f', delivery process pid {held_by}' if held_by else ''} and is finished when it exits)")
-            lines.append(f"[dualtrack]   {name}: delivered -> {where(state)}{held}")
+                held = (" (every record is in the run file; the run stays open for a next session of this run"
+                        f"{f' in the delivery service, pid {held_by},' if held_by else ''} and is finished when the run "
+                        "ends: end_run(), the logger dropped, or the process exits)")
+            lines.append(f"[dualtrack]   {name}: delivered -> {where(name, state)}{held}")
         else:
             pending_names.append(name)
             why = ""
@@ -87,11 +90,11 @@ def final_report(
             elif not state.get("identity"):
                 why = "; the backend run was not created"
             what = f"{pending} record(s) PENDING" if pending else "PENDING (the run is not closed)"
-            if held_by and not state.get("last_error") and not state.get("blocked"):
+            if held_by and not state.get("last_error") and not state.get("blocked") and not state.get("gave_up"):
                 background.append(name)
-                why = (f"; being delivered in the background by the delivery process (pid {held_by}), which "
+                why = (f"; being delivered in the background by the delivery service (pid {held_by}), which "
                        "the end of this process waits for (bounded by finalize_timeout)")
-            lines.append(f"[dualtrack]   {name}: {what} -> {where(state)}{why}")
+            lines.append(f"[dualtrack]   {name}: {what} -> {where(name, state)}{why}")
         if rejected:
             reasons = "; ".join(f"{n} x {r}" for r, n in rejected_by_reason(rejected).most_common(3))
             lines.append(f"[dualtrack]   {name}: {len(rejected)} record(s) REJECTED and set aside: {reasons}")
@@ -99,6 +102,10 @@ def final_report(
                 needs_retry_flag = True
             else:
                 pending_names.append(name)
+    for name, why in (off or {}).items():
+        lines.append(f"[dualtrack]   {name}: {why}: nothing was sent to it")
+    if lost:
+        lines.append(f"[dualtrack]   journal: {lost} record(s) could not be written and are LOST (see the warnings above)")
     if unparseable:
         lines.append(f"[dualtrack]   journal: {unparseable} line(s) could not be parsed and were skipped (counted, not delivered)")
     if restarts:

@@ -1,5 +1,5 @@
 """Ack state: how far each sink has delivered a run, and what it set aside. One module, read by the
-logger (health, final report), the CLI (status, sync) and written by the shipper.
+logger (health, final report), the CLI (status, sync) and written by delivery.
 
 Per sink, in the run directory's ``state/``:
 
@@ -9,7 +9,7 @@ Per sink, in the run directory's ``state/``:
 * ``<sink>.rejected.jsonl``: records the backend rejected (or the sink could not convert), one JSON line
   each: offset, kind, key, reason, error, code, and whether a later ``dualtrack sync`` retries it by
   default. ``dualtrack sync`` rewrites the file with what is still rejected after retrying.
-* ``shipper.lock``: held (``flock``) by the process delivering the run; holds its pid.
+* ``delivery.lock``: held (``flock``) by the process delivering the run; holds its pid.
 """
 
 from __future__ import annotations
@@ -20,10 +20,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from lightning_dualtrack.sinks.base import read_json, write_json_atomic
+from lightning_dualtrack.core.io import STATE_DIR, read_json, write_json_atomic
 
-STATE_DIR = "state"
-LOCK_FILE = "shipper.lock"
+LOCK_FILE = "delivery.lock"
 
 
 def state_path(run_dir: str | os.PathLike, sink: str) -> Path:

@@ -1,60 +1,58 @@
 """One thread per sink: read the journal from the sink's ack offset, deliver, acknowledge, isolate, retry.
 
-Rules (each has a unit test in ``tests/delivery/``):
+Rules (each has a unit test in ``tests/unit/delivery/``):
 
 * **Ack as stored.** The sink calls ``stored(n)`` after each request that succeeds; the worker moves the
   ack offset there (``state/<sink>.json``, atomic), so stopping at any moment loses no progress.
-* **Classify every failure** (:mod:`~lightning_dualtrack.delivery.errors`): transient -> retry with
+* **Classify every failure** (:mod:`~lightning_dualtrack.core.errors`): transient -> retry with
   backoff; too large -> split the batch; rejected -> bisect down to the one record, set it aside with the
   reason, go on; blocked -> keep it pending, say once what to do, retry slowly.
 * **Exactly once in an appending backend** (W&B): on open, the sink's ``durable_offset`` (what its files
   provably hold) replaces the ack offset, in both directions.
-* **Bounded when orphaned**: a worker whose parent process is gone gives up retrying after
-  ``orphan_timeout`` seconds and leaves the rest to ``dualtrack sync``.
-* **One run across sessions**: when a session of the run ends with success (Lightning finalizes after
-  ``fit``, then tests with the same logger), a worker of the logger's own shipper delivers everything,
-  proves it stored (W&B: :meth:`~lightning_dualtrack.sinks.base.Sink.hold`; MLflow: the run is closed
-  FINISHED) and waits for the next session instead of ending: a new ``start`` record continues the same
-  backend runs (one W&B directory). It ends the backend runs when told (``release``: the training process
-  is exiting, or ``dualtrack sync`` wants the run), when the training process is gone, or after
-  ``session_grace`` seconds without a new session.
+* **Bounded when orphaned**: once the training process is gone (``orphaned``), a worker gives up retrying
+  after ``orphan_timeout`` seconds and leaves the rest to ``dualtrack sync``.
+* **One run across sessions** (``hold``, the delivery service's workers): when a session of the run ends
+  with success (Lightning finalizes after ``fit``, then tests with the same logger), the worker delivers
+  everything, proves it stored (W&B: :meth:`~lightning_dualtrack.sinks.base.Sink.hold`; MLflow: the run is
+  closed FINISHED) and waits for the next session instead of ending: a new ``start`` record continues the
+  same backend runs (one W&B directory). It ends the backend runs when the run is over (``release``: the
+  logger ended the run or is gone, or the service makes room for newer runs) or the training process is gone.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lightning_dualtrack.delivery.errors import (
+from lightning_dualtrack.core.errors import (
     BlockedError,
     DeliveryError,
     PermanentError,
     TooLargeError,
-    classify,
     reason_may_have_passed,
 )
+from lightning_dualtrack.core.errors import classify as classify_generic
+from lightning_dualtrack.core.io import STATE_DIR
+from lightning_dualtrack.core.journal import Entry, JournalReader, now_ms
 from lightning_dualtrack.delivery.links import Links
+from lightning_dualtrack.delivery.priority import end_idle_priority, idle_priority_again
 from lightning_dualtrack.delivery.state import (
-    STATE_DIR,
     append_rejected,
     load_rejected,
     load_state,
     save_state,
     write_rejected,
 )
-from lightning_dualtrack.journal import Entry, JournalReader, now_ms
 from lightning_dualtrack.sinks.base import RunContext, Sink
 
 MAX_BATCH = 20_000  # records read at once (acks are per request, not per read)
-ORPHAN_TIMEOUT_S = 120.0  # default; ``DUALTRACK_ORPHAN_TIMEOUT`` or run setting ``orphan_timeout``
+ORPHAN_TIMEOUT_S = 120.0  # default; ``DUALTRACK_ORPHAN_TIMEOUT``
 BLOCKED_RETRY_S = 10.0
-SESSION_GRACE_S = 60.0  # default; ``DUALTRACK_SESSION_GRACE`` or run setting ``session_grace``
 HOLD_TIMEOUT_S = 10.0  # how long a session's end waits to see its last W&B row in the run file
-_HOLD_POLL_S = 0.1  # while held: how often the journal (its size) and the parent are looked at
+_HOLD_POLL_S = 0.1  # while held: how often the journal (its size) is looked at
 LINK_WAIT_S = 3.0  # at the end, how long a sink waits for the other's run identity before closing
 _ACK_EVERY_S = 0.25  # an appending sink acks at most this often (its durable offset is checked on resume)
 
@@ -106,24 +104,28 @@ class SinkWorker(threading.Thread):
         links: Links,
         stop: threading.Event,
         follow: bool,
-        parent_pid: int | None = None,
+        *,
+        sink_cls: type[Sink] | None = None,
+        orphaned: threading.Event | None = None,
         poll_interval: float = 1.0,
         health_interval: float = 15.0,
         give_up_after: float | None = None,
         log: Callable[[str], None] = print,
-        retry_rejected: bool | None = False,
+        retry_rejected: bool | str | None = False,
         orphan_timeout: float | None = None,
         progress: Callable[[str, int, int], None] | None = None,
-        session_grace: float = 0.0,
+        hold: bool = False,
         release: threading.Event | None = None,
     ) -> None:
-        super().__init__(name=f"dualtrack-{name}", daemon=True)
-        self.session_grace = session_grace  # 0: end the backend run at each session's end (sync, tests)
+        super().__init__(name=f"dualtrack-{ctx.run_dir.name}-{name}", daemon=True)
+        self.hold_between_sessions = hold  # False: end the backend run at each session's end (sync, tests)
         self.release = release or threading.Event()
         self.released = False  # ended after holding the run, with nothing pending
         self.ctx, self.make_sink, self.sink_name = ctx, make_sink, name
+        self.sink_cls = sink_cls
         self.links, self.stop, self.follow = links, stop, follow
-        self.parent_pid, self.poll_interval, self.health_interval = parent_pid, poll_interval, health_interval
+        self.orphaned = orphaned or threading.Event()  # set by the service when the training process is gone
+        self.poll_interval, self.health_interval = poll_interval, health_interval
         self.give_up_after = give_up_after
         self.orphan_timeout = ORPHAN_TIMEOUT_S if orphan_timeout is None else orphan_timeout
         self.retry_rejected = retry_rejected  # True: all; None/False: those whose reason may have passed; "never"
@@ -165,8 +167,13 @@ class SinkWorker(threading.Thread):
             self._said.add(key)
             self.log(f"[dualtrack] {self.sink_name}: {message}")
 
+    def classify(self, err: BaseException) -> DeliveryError:
+        """The sink's own meaning of its backend's exception, else the generic rules."""
+        found = self.sink_cls.classify(err) if self.sink_cls is not None else None
+        return found if found is not None else classify_generic(err)
+
     def _parent_gone(self) -> bool:
-        if self.parent_pid is None or os.getppid() == self.parent_pid:
+        if not self.orphaned.is_set():
             return False
         if self._orphaned_at is None:
             self._orphaned_at = time.monotonic()
@@ -222,15 +229,15 @@ class SinkWorker(threading.Thread):
                 self.log(f"[dualtrack] {self.sink_name}: run open after {time.monotonic() - self._t0:.2f} s: {identity.get('url') or identity.get('dir') or identity.get('run_id')}")
                 return True
             except ModuleNotFoundError as err:
-                self.log(f"[dualtrack] {self.sink_name}: cannot open the run: {err}")
+                self.gave_up = f"cannot open the run: {err}"
                 self.save(last_error=str(err), open=False)
                 return False
             except Exception as raw:  # noqa: BLE001
-                err = classify(raw)
+                err = self.classify(raw)
                 self.sink = None
                 self.links.give_up(self.sink_name)  # the other sink must not wait for an identity to link to
-                if isinstance(err, PermanentError):
-                    self.log(f"[dualtrack] {self.sink_name}: cannot open the run: {err}")
+                if isinstance(err, PermanentError):  # a rule of the backend's: the same call fails again
+                    self.gave_up = f"cannot open the run: {str(err)[:300]} (not retried: fix the run's settings in run.json)"
                     self.save(last_error=str(err)[:500], open=False)
                     return False
                 self._note_blocked(err)
@@ -311,7 +318,7 @@ class SinkWorker(threading.Thread):
             except _Stop:
                 return False
             except Exception as raw:  # noqa: BLE001 - classified below
-                err = classify(raw)
+                err = self.classify(raw)
             finally:
                 self.sink.on_stored = None
             done = self.sink.progress or 0
@@ -448,6 +455,8 @@ class SinkWorker(threading.Thread):
         self._retry_set_aside()
         status = self.state.get("last_status", "running")
         while True:
+            if self.sink.storage_lost() and not self._start_over():
+                return
             entries, _ = self.reader.read(self.state["offset"], max_records=MAX_BATCH)
             self._note_unparseable()
             if entries:
@@ -498,9 +507,21 @@ class SinkWorker(threading.Thread):
                 break
         self._abandon()
 
+    def _start_over(self) -> bool:
+        """The backend's local files were deleted (the run directory was removed during the run): what they held is
+        gone, so the run is delivered again from the start into new files. False if the backend cannot reopen."""
+        self.log(f"[dualtrack] {self.sink_name}: its files in the run directory were deleted with what they held; "
+                 "delivering the run again from the start into new ones")
+        self._abandon()
+        self.save(offset=0, delivered=0, closed=False, held=False, identity=None, restarted_from_scratch=True)
+        if not self._open():
+            return False
+        self._link()
+        return True
+
     # -- between two sessions of one run -------------------------------------------------------
     def _may_hold(self, status: str) -> bool:
-        return (self.follow and self.parent_pid is not None and self.session_grace > 0 and status == "success"
+        return (self.follow and self.hold_between_sessions and status == "success"
                 and not self.stop.is_set() and not self.release.is_set() and not self._parent_gone())
 
     def _between_sessions(self, status: str) -> bool:
@@ -526,7 +547,7 @@ class SinkWorker(threading.Thread):
             if why == "more":
                 return self._next_session(held)
             if held:
-                self.save(held=False)
+                self.save(held=False, closed=False)  # not closed until the backend run has ended
                 self._close(status)  # the W&B run ends now; its directory is complete
                 held = False
                 if not self.state.get("closed"):
@@ -541,7 +562,6 @@ class SinkWorker(threading.Thread):
             return False
 
     def _wait_next_session(self) -> str:
-        deadline = time.monotonic() + self.session_grace
         while True:
             if self.reader.size() > self.state["offset"]:
                 return "more"
@@ -552,8 +572,6 @@ class SinkWorker(threading.Thread):
                 return "released"
             if self._parent_gone():
                 return "the training process is gone"
-            if time.monotonic() >= deadline:
-                return f"none within session_grace={self.session_grace:g} s"
             self.release.wait(_HOLD_POLL_S)
 
     def _next_session(self, held: bool) -> bool:
@@ -588,7 +606,7 @@ class SinkWorker(threading.Thread):
                 )
                 return
             except Exception as raw:  # noqa: BLE001
-                err = classify(raw)
+                err = self.classify(raw)
                 self._note_blocked(err)
                 self.state["retries"] += 1
                 self.save(last_error=f"close: {err}"[:500])
@@ -603,69 +621,3 @@ class SinkWorker(threading.Thread):
             except Exception:  # noqa: BLE001
                 pass
             self.save(open=False)
-
-
-_BOOST_LOCK = threading.Lock()
-_boosted = False
-_started_idle = False  # set by the shipper's entry point when it runs under SCHED_IDLE
-
-
-def mark_started_idle() -> None:
-    global _started_idle
-    _started_idle = True
-
-
-def idle_priority_again() -> None:
-    """A next session (training again) after :func:`end_idle_priority`: back to SCHED_IDLE, if started so."""
-    global _boosted
-    if not _started_idle or not hasattr(os, "SCHED_IDLE"):
-        return
-    with _BOOST_LOCK:
-        _boosted = False
-        for tid in _our_threads():
-            try:
-                os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
-            except OSError:
-                pass
-
-
-def _our_threads() -> list[int]:
-    """Every thread of this process and of its children (wandb-core): scheduling policy is per thread on Linux."""
-    tids: list[int] = []
-    for pid in [os.getpid(), *_descendant_pids(os.getpid())]:
-        try:
-            tids.extend(int(t) for t in os.listdir(f"/proc/{pid}/task"))
-        except OSError:
-            tids.append(pid)
-    return tids
-
-
-def _descendant_pids(pid: int) -> list[int]:
-    try:
-        import psutil
-
-        return [c.pid for c in psutil.Process(pid).children(recursive=True)]
-    except Exception:  # noqa: BLE001 - best effort
-        return []
-
-
-def end_idle_priority() -> None:
-    """Training is over: run delivery (every thread, and wandb-core) at normal priority again.
-
-    SCHED_IDLE keeps delivery off the cores while training runs; after that, on a machine busy with
-    other jobs, it could starve delivery until ``finalize_timeout``. Scheduling policy is per thread
-    on Linux, so each task of this process and of its children is switched.
-    """
-    global _boosted
-    if not hasattr(os, "SCHED_OTHER"):
-        return
-    with _BOOST_LOCK:
-        if _boosted:
-            return
-        _boosted = True
-        for tid in _our_threads():
-            try:
-                if os.sched_getscheduler(tid) == getattr(os, "SCHED_IDLE", -1):
-                    os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
-            except OSError:
-                pass

@@ -8,16 +8,19 @@ WandbLogger's ``log_image`` / ``log_table`` / ``log_text`` argument forms, ``wat
 
 from __future__ import annotations
 
+import functools
 import math
 import multiprocessing
 import os
 import re
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from lightning_dualtrack import records
+from lightning_dualtrack.core import records
 from lightning_dualtrack.delivery.state import load_state
 
 IDENTITY_TIMEOUT_S = 15.0
@@ -38,7 +41,7 @@ def wait_for_identity(run: Any, sink: str, timeout: float = IDENTITY_TIMEOUT_S) 
     if run.run_dir is None:
         return {}
     identity = load_state(run.run_dir, sink).get("identity") or {}
-    if identity.get("run_id") or run.shipper is None or getattr(run, "identity_wait_done", False):
+    if identity.get("run_id") or run.delivery is None or getattr(run, "identity_wait_done", False):
         return identity
     run.identity_wait_done = True
     deadline = time.monotonic() + timeout
@@ -60,6 +63,43 @@ def exit_status() -> str:
     if multiprocessing.parent_process() is not None and "MASTER_PORT" in os.environ:  # a distributed worker
         return "failed"
     return "success"
+
+
+def hold_sigterm_in_spawned_worker() -> None:
+    """At exit in a spawned distributed worker (``ddp_spawn``) with its run still open: block SIGTERM from here on.
+
+    When one worker fails, torch's spawn supervisor SIGTERMs the others at once (SIGKILL 30 s later). The failed
+    worker's peer usually dies first, so that SIGTERM lands while this worker's exit handler ends the run and cut
+    the delivery of its end (the MLflow run stayed RUNNING). Blocked, it is discarded when the process exits.
+    """
+    if multiprocessing.parent_process() is None or "MASTER_PORT" not in os.environ:
+        return
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+
+def guarded(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A log call of the logger that never raises into training: an input (or a fault) it did not foresee is a
+    warning naming the call, the error and that nothing was logged; in strict mode the error itself."""
+
+    def decorate(method: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(method)
+        def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(self, *args, **kwargs)
+            except Exception as err:
+                if self._config.strict:
+                    raise
+                from lightning_dualtrack.core.values import short
+
+                self._run.messages.warn(f"{what}: could not log this input ({type(err).__name__}: {short(str(err))}); "
+                                        "nothing of it was logged, training goes on")
+                return None
+
+        return wrapper
+
+    return decorate
 
 
 def table_rows(columns: Sequence[Any] | None, rows: Any, data: Any, dataframe: Any) -> tuple[list[Any], Any]:

@@ -24,6 +24,7 @@ class MediaLogging:
     _watcher: compat.Watcher | None
 
     @rank_zero_only
+    @compat.guarded("log_figure")
     def log_figure(self, figure: Any, name: str, step: int | None = None, close: bool = True) -> None:
         """A matplotlib Figure (or PIL image / image array) as PNG: MLflow artifact and W&B image.
 
@@ -38,6 +39,7 @@ class MediaLogging:
         self.log_image(figure, name, step=step, close=close)
 
     @rank_zero_only
+    @compat.guarded("log_image")
     def log_image(
         self, image: Any = None, name: Any = None, step: int | None = None, caption: Any = None, close: bool = False,
         *, key: str | None = None, images: Any = None,
@@ -56,6 +58,7 @@ class MediaLogging:
         self._guarded("log_image", self._run.log_image, image, name, step, caption, close)
 
     @rank_zero_only
+    @compat.guarded("log_table")
     def log_table(
         self, key: str, columns: Sequence[str] | None = None, rows: Sequence[Sequence[Any]] | None = None, step: int | None = None,
         *, data: Any = None, dataframe: Any = None,
@@ -68,6 +71,7 @@ class MediaLogging:
             self._append(self._guarded("log_table", self._run.payloads.table, str(key), table[0], table[1], step))
 
     @rank_zero_only
+    @compat.guarded("log_text")
     def log_text(
         self, text: Any = None, name: str | None = None, *, key: str | None = None, columns: Sequence[str] | None = None,
         data: Any = None, dataframe: Any = None, step: int | None = None,
@@ -89,18 +93,21 @@ class MediaLogging:
         self._watcher = compat.Watcher(model, log, log_freq, emit=self._append)
 
     @rank_zero_only
+    @compat.guarded("log_dict")
     def log_dict(self, data: Mapping[str, Any], name: str) -> None:
         """A JSON artifact in both backends."""
         self._ensure_started()
         self._append(self._guarded("log_dict", self._run.payloads.dict, data, str(name)))
 
     @rank_zero_only
+    @compat.guarded("log_artifact")
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         """Copy a file or directory into the run and upload it to both backends."""
         self._ensure_started()
         self._append(self._guarded("log_artifact", self._run.payloads.artifact, path, artifact_path))
 
     @rank_zero_only
+    @compat.guarded("log_confusion_matrix")
     def log_confusion_matrix(
         self, conf_matrix: Any, class_names: Sequence[str], title: str = "Confusion matrix", step: int | None = None, key: str = "confusion_matrix"
     ) -> None:

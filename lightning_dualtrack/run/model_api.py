@@ -13,7 +13,7 @@ from typing import Any
 
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from lightning_dualtrack import records
+from lightning_dualtrack.core import records
 from lightning_dualtrack.run import compat
 
 
@@ -21,6 +21,7 @@ class ModelLogging:
     """Model-saving, registry and Hub calls of the logger."""
 
     @rank_zero_only
+    @compat.guarded("log_model")
     def log_model(
         self,
         model: Any,
@@ -59,9 +60,9 @@ class ModelLogging:
         compat.check_model_uri(model_uri)
         self._ensure_started()
         self._append(records.register(model_name, model_uri, artifact_path, description, aliases))
-        if not self._config.mlflow_enabled:
+        if not self._config.enabled("mlflow"):
             return None
-        version = compat.wait_for_version(self._config.tracking_uri, model_name, self.mlflow_run_id) if wait else None
+        version = compat.wait_for_version(self.tracking_uri, model_name, self.mlflow_run_id) if wait else None
         return model_name, version
 
     @rank_zero_only
@@ -80,6 +81,6 @@ class ModelLogging:
         ``hf.repo_url`` tag. A failed upload is a warning (strict mode: an error); returns the commit URL.
         After ``end_run()`` the folder is written and uploaded, but the ended run is not reopened: no tag, a warning.
         """
-        from lightning_dualtrack.hub import push_from_logger  # after end_run(): uploaded, the run stays ended
+        from lightning_dualtrack.hub import push_from_logger
 
         return push_from_logger(self, model, repo_id, commit_message=commit_message, private=private, metrics=metrics, api=api)

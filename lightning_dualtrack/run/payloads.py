@@ -1,5 +1,5 @@
 """Payload encoding: figures, images, tables, confusion matrices, text, models and checkpoints become
-files in the run directory plus one journal record each (built with :mod:`lightning_dualtrack.records`).
+files in the run directory plus one journal record each (built with :mod:`lightning_dualtrack.core.records`).
 
 Every method returns the record to append, or ``None`` when nothing is to be logged, having said why:
 
@@ -23,11 +23,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lightning_dualtrack import records
-from lightning_dualtrack.media import close_figure, image_to_png
-from lightning_dualtrack.normalize import DroppedValue, preview, short, to_float
-from lightning_dualtrack.redact import KEY_MASK, redact_string, redact_tree
-from lightning_dualtrack.run.policy import Messages
+from lightning_dualtrack.core import records
+from lightning_dualtrack.core.media import close_figure, image_to_png
+from lightning_dualtrack.core.messages import Messages
+from lightning_dualtrack.core.redact import KEY_MASK, redact_string, redact_tree
+from lightning_dualtrack.core.values import DroppedValue, preview, short, to_float
 
 DISK_ERRORS = frozenset({errno.ENOSPC, errno.EIO, errno.EROFS, errno.EDQUOT, errno.EFBIG})
 
@@ -232,7 +232,7 @@ class Payloads:
             if target.exists():
                 shutil.rmtree(target)
             # imported here, not at the top: only a call that saves a model pays for (and imports) mlflow
-            from lightning_dualtrack.sinks.mlflow import save_pytorch_model
+            from lightning_dualtrack.sinks.mlflow.models import save_pytorch_model
 
             save_pytorch_model(model, target, signature=signature, input_example=input_example)
         except OSError as err:

@@ -1,100 +1,72 @@
-"""Input policies: what the facade does with each thing a user logs, before the journal sees it.
+"""Input policies: what the run does with each thing a user logs, before the journal sees it.
 
 Every input gets a clear outcome and none raises into training (unless ``strict=True``, where a
 refused input raises ``ValueError`` with the same message the warning would have had):
 
 * **keys** (:class:`KeyRules`): non-string keys become their ``str``; credential-shaped parts are
   masked; the reserved keys ``trainer/global_step`` and ``_dualtrack_offset`` (the W&B sink's step
-  and replay offset) are refused; a key MLflow cannot store is stored there under a clean form,
+  and replay offset) are refused; a key a backend cannot store is stored there under a clean form,
   announced once with what was stored and why, and journalled (``keymap``) so a replay maps it alike.
-* **metric values**: see :func:`~lightning_dualtrack.normalize.to_float`; a value that is no number is
+* **metric values**: see :func:`~lightning_dualtrack.core.values.to_float`; a value that is no number is
   dropped with a warning quoting its type and a short preview.
 * **params** (:class:`ParamRules`): flattened (cycles and depth cut, merged keys kept apart), secrets
-  masked, and a changed value stored as ``key.vN`` (never a name the user has taken).
+  masked; where a backend's params cannot change, a changed value is stored as ``key.vN`` (never a
+  name the user has taken), and a value longer than a backend keeps is stored whole as an artifact.
 
-MLflow's own rules (the key map, the 6000-character param limit, the ``.vN`` renames) are applied
-here, on the caller's thread, and not in the MLflow sink: the user is told at the call what is stored
-(a sink runs later, in another process, where a warning reaches nobody), and the decisions are
-journalled so every replay by ``dualtrack sync`` stores the same. The rules import nothing of MLflow.
+The backends' rules are theirs (a sink's ``policy``: MLflow's key rules and limits are in
+:mod:`lightning_dualtrack.sinks.mlflow.keys`); they are applied here, on the caller's thread, and not
+in the sink: the user is told at the call what is stored (a sink runs later, in another process, where
+a warning reaches nobody), and the decisions are journalled so every replay by ``dualtrack sync``
+stores the same. No rule imports a backend's library.
 """
 
 from __future__ import annotations
 
 import re
-import sys
-import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from lightning_dualtrack.normalize import (
-    MLFLOW_MAX_PARAM_VALUE,
-    KeyMap,
-    flatten_params,
-    key_change_reason,
-    param_text,
-    preview,
-    short,
-)
-from lightning_dualtrack.redact import KEY_MASK, redact_mapping, redact_string
+from lightning_dualtrack.core.messages import DualTrackWarning, Messages
+from lightning_dualtrack.core.redact import KEY_MASK, redact_mapping, redact_string
+from lightning_dualtrack.core.values import flatten_params, param_text, preview, short
+
+__all__ = ["DualTrackWarning", "KeyRules", "Messages", "ParamRules", "ParamUpdate", "RESERVED_METRIC_KEYS", "same_param"]
 
 RESERVED_METRIC_KEYS = frozenset({"trainer/global_step", "_dualtrack_offset"})
-_PACKAGES = ("lightning_dualtrack.", "lightning.", "lightning_utilities.", "pytorch_lightning.")
-
-
-class DualTrackWarning(UserWarning):
-    """A problem the logger handled (and said what it did) without stopping training."""
-
-
-def _user_stacklevel() -> int:
-    """The stacklevel that points a warning at the first frame outside this package and Lightning."""
-    frame, level = sys._getframe(2), 2
-    while frame is not None and frame.f_globals.get("__name__", "").startswith(_PACKAGES):
-        frame, level = frame.f_back, level + 1
-    return level
-
-
-class Messages:
-    """Warnings (once per subject) and, in strict mode, errors with the same text."""
-
-    def __init__(self, strict: bool) -> None:
-        self.strict = strict
-        self.warned: set[str] = set()
-
-    def warn(self, message: str) -> None:
-        warnings.warn(message, DualTrackWarning, stacklevel=_user_stacklevel())
-
-    def warn_once(self, subject: str, message: str) -> None:
-        if subject not in self.warned:
-            self.warned.add(subject)
-            self.warn(message)
-
-    def fail(self, message: str) -> None:
-        """A refused input: ``ValueError`` in strict mode, else a warning."""
-        if self.strict:
-            raise ValueError(message)
-        self.warn(message)
-
-    def fail_once(self, subject: str, message: str) -> None:
-        if self.strict:
-            raise ValueError(message)
-        self.warn_once(subject, message)
 
 
 class KeyRules:
-    """Metric, param and tag keys: the journal's key (``str``, no credential, not reserved) and MLflow's."""
+    """Metric, param and tag keys: the journal's key (``str``, no credential, not reserved) and, for each backend
+    whose policy has key rules, the key it stores.
 
-    def __init__(self, messages: Messages, journal_keymap: Callable[[dict[str, str]], None]) -> None:
+    Args:
+        messages: warnings and strict-mode errors.
+        journal_keymap: ``(sink, {key: stored})``: journal a backend's new stored form of a key.
+        policies: the enabled backends' policies (``Sink.policy``); those with ``keymap()`` have key rules.
+        titles: the enabled backends' names as people write them (a warning says which keep the key as given).
+    """
+
+    def __init__(self, messages: Messages, journal_keymap: Callable[[str, dict[str, str]], None],
+                 policies: Sequence[Any] = (), titles: Sequence[str] = ()) -> None:
         self.messages = messages
-        self.keymap = KeyMap()
+        self.titles = list(titles)
+        self.maps = {p.sink: (p, p.keymap()) for p in policies if hasattr(p, "keymap")}
         self.metric_keys: dict[Any, str | None] = {}  # as given -> journal key (None: refused); the hot path's cache
         self._journal_keymap = journal_keymap
         self._masked: dict[str, Any] = {}  # journal key made by masking -> the key it came from
-        self._announced: set[str] = set()  # keys whose MLflow form was journalled and announced
+        self._announced: set[tuple[str, str]] = set()  # (sink, key) whose stored form was journalled and announced
 
-    def restore(self, key: str, stored: str) -> None:
+    def restore(self, sink: str, key: str, stored: str) -> None:
         """Re-install a mapping read back from the journal (resume): not announced again."""
-        self.keymap.restore(key, stored)
-        self._announced.add(key)
+        if sink in self.maps:
+            self.maps[sink][1].restore(key, stored)
+            self._announced.add((sink, key))
+
+    def stored(self, key: str) -> str:
+        """A backend's stored form of ``key`` (the first with key rules), for file names; else ``key``."""
+        for _policy, keymap in self.maps.values():
+            return keymap.get(key) or key
+        return key
 
     def metric_key(self, key: Any) -> str | None:
         """The journal key for a metric key seen for the first time (cached), or None when refused."""
@@ -128,17 +100,19 @@ class KeyRules:
         )
         return clean
 
-    def register(self, key: str) -> str:
-        """Map ``key`` to MLflow's form; announce and journal it when it differs. Returns MLflow's key."""
-        stored, changed = self.keymap.add(key)
-        if changed and key not in self._announced:
-            self._announced.add(key)
-            self._journal_keymap({key: stored})
-            self.messages.warn(
-                f"key {short(key)!r} is stored in MLflow as {short(stored)!r} because "
-                f"{key_change_reason(key, stored, self.keymap.last_taken_by)}; W&B keeps {short(key)!r}",
-            )
-        return stored
+    def register(self, key: str) -> None:
+        """Map ``key`` to each backend's form; announce and journal it where it differs."""
+        for sink, (policy, keymap) in self.maps.items():
+            stored, changed = keymap.add(key)
+            if changed and (sink, key) not in self._announced:
+                self._announced.add((sink, key))
+                self._journal_keymap(sink, {key: stored})
+                others = [t for t in self.titles if t != policy.backend]
+                kept = f"; {' and '.join(others)} {'keeps' if len(others) == 1 else 'keep'} {short(key)!r}" if others else ""
+                self.messages.warn(
+                    f"key {short(key)!r} is stored in {policy.backend} as {short(stored)!r} because "
+                    f"{policy.key_change_reason(key, stored, keymap.last_taken_by)}{kept}",
+                )
 
 
 class ParamUpdate:
@@ -162,11 +136,18 @@ def same_param(old: Any, new: Any) -> bool:
 
 
 class ParamRules:
-    """Flatten, redact and version params; remembers what was stored (restored on resume)."""
+    """Flatten, redact and version params; remembers what was stored (restored on resume).
 
-    def __init__(self, messages: Messages, keys: KeyRules) -> None:
+    ``policies``: the enabled backends' policies: where one has ``immutable_params``, a changed value is stored
+    as ``key.vN``; the smallest ``max_param_chars`` decides which values are also stored whole as an artifact.
+    """
+
+    def __init__(self, messages: Messages, keys: KeyRules, policies: Sequence[Any] = ()) -> None:
         self.messages = messages
         self.keys = keys
+        self.immutable = [p for p in policies if getattr(p, "immutable_params", False)]
+        limits = [p.max_param_chars for p in policies if getattr(p, "max_param_chars", None)]
+        self.max_chars: int | None = min(limits) if limits else None
         self.values: dict[str, Any] = {}  # every journal key stored so far -> its value
         self.versions: dict[str, int] = {}  # key -> the last N of its `.vN` renames
         self.renames: set[str] = set()  # journal keys made by a rename
@@ -196,14 +177,17 @@ class ParamRules:
             if key in self.values:
                 if same_param(self.values[key], value):
                     continue
-                new_key = self._rename(key, value)
-                out.latest[key] = value
+                if self.immutable:
+                    new_key = self._rename(key, value)
+                    out.latest[key] = value
+                else:
+                    new_key = key
             else:
                 new_key = key
             self.values[key] = value
             self.keys.register(new_key)
             text = param_text(value)
-            if len(text) > MLFLOW_MAX_PARAM_VALUE:
+            if self.max_chars is not None and len(text) > self.max_chars:
                 out.long[new_key] = text
             out.values[new_key] = value
         return out
@@ -221,10 +205,13 @@ class ParamRules:
         renamed = f"{key}.v{n}"
         self.renames.add(renamed)
         old = self.values[key]
+        backends = " and ".join(p.backend for p in self.immutable)
+        others = [t for t in self.keys.titles if t not in backends]
+        kept = f" ({' and '.join(others)} {'keeps' if len(others) == 1 else 'keep'} the latest under {short(key)!r})" if others else ""
         self.messages.warn_once(
             f"param-change:{key}:{n}",
-            f"param {short(key)!r} changed from {preview(old, 80)} to {preview(value, 80)}; MLflow params cannot change, "
-            f"so the new value is stored as {short(renamed)!r} (W&B config keeps the latest under {short(key)!r})",
+            f"param {short(key)!r} changed from {preview(old, 80)} to {preview(value, 80)}; {backends} params cannot "
+            f"change, so the new value is stored as {short(renamed)!r} in {backends}{kept}",
         )
         self.values[renamed] = value
         return renamed
@@ -232,7 +219,7 @@ class ParamRules:
     def restore(self, rec: dict[str, Any]) -> None:
         """Re-read a ``params`` record of an earlier session (resume): a later change is then seen."""
         self.values.update(rec["v"])
-        self.values.update(rec.get("wandb") or {})  # the latest value of a changed param
+        self.values.update(rec.get("latest") or rec.get("wandb") or {})  # the latest value of a changed param
         for key in rec["v"]:  # `lr.v2`: the next change of `lr` is `lr.v3`, not `lr.v2` again
             base, dot, n = key.rpartition(".v")
             if dot and n.isdigit() and base in self.values:

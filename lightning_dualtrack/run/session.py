@@ -1,18 +1,19 @@
-"""The run as the training process sees it: its directory, settings, journal, delivery process and end.
+"""The run as the training process sees it: its directory, settings, journal, delivery and end.
 
-A :class:`Run` is made by the facade from a :class:`RunConfig` (the resolved constructor arguments)
-and started on first use: it makes ``save_dir/<run id>/`` (or a temporary directory when that is not
-writable), writes ``run.json`` (the settings every process reads; never a credential), opens the
-journal, journals the system metadata and starts the shipper. :meth:`Run.finalize` appends ``end``,
-waits (bounded) for delivery and prints the report; a later log call starts a new session of the
-same run (Lightning tests after fit with the same logger).
+A :class:`Run` is made by the logger from a :class:`~lightning_dualtrack.run.config.RunConfig` and started on
+first use: it makes ``save_dir/<run id>/`` (or a temporary directory when that is not writable), writes
+``run.json`` (the settings every process reads; never a credential), opens the journal, journals the system
+metadata and asks the process's delivery service (:mod:`lightning_dualtrack.delivery.client`) to follow it.
+:meth:`Run.finalize` appends ``end``, waits (bounded) until every backend has stored the session and prints the
+report; a later log call starts a new session of the same run (Lightning tests after fit with the same logger).
 
-One run, one W&B directory: at a successful session's end the shipper stores everything (the report
-says so only once the W&B run file provably holds it), ends the MLflow run (FINISHED) and keeps
-running, with the W&B run open; the next session's ``start`` record continues both (MLflow RUNNING
-again). The W&B run is finished when the run is over: at interpreter exit (:meth:`Run.release`,
-registered with ``atexit``), at ``end_run``, when the training process is gone (the shipper checks
-every 0.1 s), or after ``session_grace`` seconds without a next session.
+The backend runs stay open between sessions (one W&B run for fit and test) until the run is over:
+:meth:`Run.release` -- ``end_run()``, the end of a ``with`` block, the logger object being garbage-collected
+(:meth:`Run.owner_gone`: a sweep drops each trial's logger), or the end of the process (:func:`_at_exit`).
+
+Once a second (a clock compare on the log path) :meth:`Run.check` looks after the run: the delivery service is
+alive (else restarted), the journal file still exists (a deleted run directory is re-made with everything
+needed to deliver the rest), and in strict mode no backend has rejected a record.
 """
 
 from __future__ import annotations
@@ -21,76 +22,81 @@ import atexit
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from lightning_dualtrack import metadata as _metadata
-from lightning_dualtrack import records
-from lightning_dualtrack.journal import (
+from lightning_dualtrack.core import records
+from lightning_dualtrack.core.io import RUN_FILE, read_json, write_json_atomic
+from lightning_dualtrack.core.journal import (
     JOURNAL_NAME,
     JournalError,
     JournalReader,
     JournalWriter,
-    now_ms,
     repair_torn_tail,
 )
-from lightning_dualtrack.normalize import MLFLOW_MAX_PARAM_VALUE, DroppedValue, preview, short, to_float
-from lightning_dualtrack.redact import redact_mapping, redact_string
+from lightning_dualtrack.core.messages import Messages
+from lightning_dualtrack.core.redact import redact_mapping, redact_string
+from lightning_dualtrack.core.values import DroppedValue, preview, short, to_float
+from lightning_dualtrack.delivery import client
+from lightning_dualtrack.delivery.report import final_report, sync_command
+from lightning_dualtrack.delivery.state import sink_states
+from lightning_dualtrack.run import metadata as _metadata
 from lightning_dualtrack.run.config import RunConfig, new_run_name
-from lightning_dualtrack.run.lifecycle import (
-    ShipperProcess,
-    StrictHealth,
-    final_report,
-    pending_message,
-    shipper_env,
-    sink_states,
-)
 from lightning_dualtrack.run.payloads import Payloads
-from lightning_dualtrack.run.policy import KeyRules, Messages, ParamRules
-from lightning_dualtrack.sinks.base import RUN_FILE, read_json, write_json_atomic
+from lightning_dualtrack.run.policy import KeyRules, ParamRules
 
 _STATUSES = ("success", "failed", "aborted")
-FINALIZE_WAIT = ("all", "started")
-
-
-def finalize_wait() -> str:
-    """What a session's end waits for: ``all`` (default: every backend has stored the session), or ``started``
-    (``DUALTRACK_FINALIZE_WAIT=started``: only the backends whose run is open; a backend still starting -- W&B's
-    init takes ~1 s -- gets the session from the delivery process afterwards, which the end of the process
-    waits for). The end of a short run then costs little; the report names what is still being delivered."""
-    value = os.environ.get("DUALTRACK_FINALIZE_WAIT", "all").strip().lower() or "all"
-    return value if value in FINALIZE_WAIT else "all"
+CHECK_EVERY_S = 1.0
 _NEW = object()
+_OPEN: set[Run] = set()  # runs with a session open or backend runs kept open: ended at interpreter exit
+
+
 class Run:
     """One run's runtime state on rank zero. Not thread-safe: log calls come from one thread."""
 
     def __init__(self, config: RunConfig) -> None:
         self.config = config
         self.messages = Messages(config.strict)
-        self.keys = KeyRules(self.messages, self._journal_keymap)
-        self.params = ParamRules(self.messages, self.keys)
+        enabled = [b.cls for b in config.backends.values() if b.enabled]
+        policies = [cls.policy for cls in enabled if cls.policy is not None]
+        self.keys = KeyRules(self.messages, self._journal_keymap, policies, [cls.title for cls in enabled])
+        self.params = ParamRules(self.messages, self.keys, policies)
         self.journal: JournalWriter | None = None
-        self.shipper: ShipperProcess | None = None
-        self.strict_health: StrictHealth | None = None
+        self.delivery: client.DeliveryService | None = None
         self.run_dir: Path | None = None
         self.payloads: Payloads | None = None
         self.finalized = False
-        self.auto_step = 0
-        self.restarts = 0  # of the delivery process, over every session of this run
-        self.dropped_records = 0
-        self.last_report: dict[str, Any] | None = None
-        self._metadata_logged = False
-        self._release_registered = False
         self.ending = False  # end_run: the run is over (not only a Lightning stage)
+        self.auto_step = 0
+        self.dropped_records = 0
+        self.lost_payloads = 0
+        self.last_report: dict[str, Any] | None = None
+        self.checkpoint_callbacks: dict[int, Any] = {}  # log_model=True: every ModelCheckpoint that saved
+        self._metadata_logged = False
+        self._said_start = False
+        self._next_check = 0.0
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["journal"] = None  # live handles do not cross processes (ddp_spawn)
-        state["shipper"] = None
+        state["delivery"] = None
         return state
 
+    def __hash__(self) -> int:
+        return id(self)
+
     # -- start ----------------------------------------------------------------------------------------
+    def start_delivery(self) -> None:
+        """Start the process's delivery service now, before the first log call (its start-up overlaps the
+        model's setup); nothing to do without backends, with ``deliver=False`` or when it already runs."""
+        if self.config.deliver and self.config.sinks and self.delivery is None:
+            try:
+                self.delivery = client.service(self.messages.warn)
+            except OSError as err:
+                self.messages.fail(f"cannot start the delivery process ({err}); deliver later with `dualtrack sync RUN_DIR`")
+
     def ensure_started(self) -> JournalWriter:
         if self.journal is not None:
             return self.journal
@@ -98,57 +104,48 @@ class Run:
         self.run_dir = self._make_run_dir()
         self.payloads = Payloads(self.run_dir, self.messages, self.config.run_id)
         previous = read_json(self.run_dir / RUN_FILE)
-        settings = self.settings()
         if previous:
-            settings["created_ms"] = previous.get("created_ms", settings["created_ms"])
-            if self.config.run_name is None:
-                settings["run_name"] = previous.get("run_name") or settings["run_name"]
             self._restore_from_journal()
-        write_json_atomic(self.run_dir / RUN_FILE, settings)
-        if self.config.wandb_enabled and "wandb-mode" not in self.messages.warned:
-            self.messages.warned.add("wandb-mode")
-            print(f"[dualtrack] W&B mode: {self.config.wandb_mode} ({self.config.wandb_mode_reason})", file=sys.stderr)
+        self._write_settings(previous)
+        self._say_start()
         repair_torn_tail(self.run_dir)
         self.journal = JournalWriter(self.run_dir)
         self.append(records.start(self.config.run_id, bool(previous)))
         for key in self.config.tags:
             self.keys.register(key)
-        if self.shipper is not None and not self.shipper.alive():
-            self.shipper = None  # it ended the runs it held (session_grace): a new one continues the run
-        if self.config.start_shipper and self.config.sinks and self.shipper is None:
-            env = shipper_env(self.config.tracking_uri, self.config.mlflow_user, self.config.mlflow_password)
-            shipper = ShipperProcess(self.run_dir, env, self.config.sinks, warn=self.messages.warn)
-            try:
-                shipper.start()
-                self.shipper = shipper
-            except OSError as err:
-                self.messages.fail(f"cannot start the delivery process ({err}); deliver later with `dualtrack sync {self.run_dir}`")
-        if self.shipper is not None and not self._release_registered:
-            self._release_registered = True
-            # registered before the facade's own atexit finalize, so it runs after it (atexit is LIFO)
-            atexit.register(self.release)
+        _OPEN.add(self)
+        self.start_delivery()
+        if self.delivery is not None:
+            self.delivery.follow(self.run_dir, self.config.secrets())
         if self.config.log_system_info and not self._metadata_logged:
-            # after the shipper's start: its start-up (imports, wandb.init) overlaps this (~0.3 s: the package list)
+            # after delivery is told: its start-up (imports, wandb.init) overlaps this (~0.3 s: the package list)
             self._metadata_logged = True
             self._log_system_metadata()
-        if self.config.strict and self.shipper is not None:
-            self.strict_health = StrictHealth(self.run_dir, self.config.sinks, self.config.flush_interval)
-            self.shipper.wait_until_open(120.0)
+        if self.config.strict and self.delivery is not None:
+            self._wait_until_open(120.0)
+        self._next_check = time.monotonic() + CHECK_EVERY_S
         return self.journal
 
-    def settings(self) -> dict[str, Any]:
-        c = self.config
-        return {
-            "run_id": c.run_id,
-            "experiment_name": c.experiment_name,
-            "run_name": redact_string(c.run_name) if c.run_name else new_run_name(c.run_id),
-            "tags": redact_mapping(dict(c.tags)),
-            "created_ms": now_ms(),
-            "flush_interval": c.flush_interval,
-            "strict": c.strict,  # the shipper's sinks do not fall back (e.g. W&B online -> offline)
-            "mlflow": {"enabled": c.mlflow_enabled, "tracking_uri": c.tracking_uri},
-            "wandb": {"enabled": c.wandb_enabled, "project": c.wandb_project, "entity": c.wandb_entity, "group": c.wandb_group, "mode": c.wandb_mode},
-        }
+    def _write_settings(self, previous: dict[str, Any] | None) -> None:
+        run_name = self.config.run_name or new_run_name(self.config.run_id)
+        if previous and self.config.run_name is None:
+            run_name = previous.get("run_name") or run_name
+        self.config.run_name = run_name  # one name for every session, in every backend
+        settings = self.config.settings_file(run_name)
+        if previous:
+            settings["created_ms"] = previous.get("created_ms", settings["created_ms"])
+        write_json_atomic(self.run_dir / RUN_FILE, settings)
+
+    def _say_start(self) -> None:
+        """Once per run: what each backend will do (its mode), and which asked-for backend is off and why."""
+        if self._said_start:
+            return
+        self._said_start = True
+        for backend in self.config.backends.values():
+            for note in backend.notes:
+                print(f"[dualtrack] {note}", file=sys.stderr)
+            if backend.off:
+                print(f"[dualtrack] {backend.cls.title}: {backend.off}: nothing will be sent to it", file=sys.stderr)
 
     def _make_run_dir(self) -> Path:
         root = self.config.root
@@ -167,16 +164,79 @@ class Run:
             return fallback
 
     def _restore_from_journal(self) -> None:
-        """On resume: the key map and params of the earlier sessions (a changed param is then seen)."""
+        """On resume: the key maps and params of the earlier sessions (a changed param is then seen)."""
         for rec in JournalReader(self.run_dir):
             kind = rec.get("k")
             if kind == "keymap":
                 for key, stored in rec["v"].items():
-                    self.keys.restore(key, stored)
+                    self.keys.restore(rec.get("sink", "mlflow"), key, stored)
             elif kind == "params":
                 self.params.restore(rec)
             elif kind == "metrics" and isinstance(rec.get("s"), int):
                 self.auto_step = max(self.auto_step, rec["s"] + 1)
+
+    # -- looked after once a second --------------------------------------------------------------------
+    def check(self) -> None:
+        """The delivery service is alive, the run directory exists, and (strict) no backend failed."""
+        self._next_check = time.monotonic() + CHECK_EVERY_S
+        if self.journal is not None and self.journal.deleted():
+            self._recreate_run_dir()
+        if self.delivery is not None:
+            self.delivery.check()
+            if self.config.strict:
+                self._strict_health()
+
+    def _recreate_run_dir(self) -> None:
+        """The run directory was deleted while the run was going on: make it again with what delivery needs (the
+        journal, whole, from the still-open file; ``run.json``), say so loudly, and count the payload files
+        (figures, checkpoints) that were deleted before they were delivered: those are lost."""
+        try:
+            kept = self.journal.recover()
+            self._write_settings(read_json(self.run_dir / RUN_FILE))
+        except OSError as err:
+            self.messages.warn_once("run-dir-gone", f"DUALTRACK: the run directory {self.run_dir} was deleted during the run "
+                                    f"and cannot be made again ({err}); records are being LOST")
+            return
+        missing = self._missing_payloads()
+        self.lost_payloads = len(missing)
+        lost = (f"; {len(missing)} payload file(s) logged before were deleted with it and are LOST "
+                f"(e.g. {', '.join(missing[:3])})") if missing else ""
+        self.messages.warn(f"DUALTRACK: the run directory {self.run_dir} was deleted while the run was going on. It is made "
+                           f"again with the journal ({kept} bytes, every record logged so far) and run.json, so delivery "
+                           f"goes on{lost}. Do not delete a run directory before its run has ended.")
+        if self.delivery is not None:
+            self.delivery.follow(self.run_dir, self.config.secrets())
+
+    def _missing_payloads(self) -> list[str]:
+        out = []
+        for rec in JournalReader(self.run_dir):
+            for field in ("path", "csv"):
+                rel = rec.get(field)
+                if isinstance(rel, str) and rel and not (self.run_dir / rel).exists():
+                    out.append(rel)
+        return out
+
+    def _strict_health(self) -> None:
+        """Strict mode: raise if a backend rejected a record or cannot open its run."""
+        for name, state in sink_states(self.run_dir, self.config.sinks).items():
+            if state.get("failed"):
+                raise RuntimeError(f"strict mode: {name} rejected {state['failed']} record(s); see `dualtrack status {self.run_dir}`")
+            if state.get("last_error") and not state.get("open") and not state.get("closed"):
+                raise RuntimeError(f"strict mode: {name} is failing: {state['last_error']}")
+
+    def _wait_until_open(self, timeout: float) -> None:
+        """Strict mode: return once every backend run is open; raise if one cannot start."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            states = sink_states(self.run_dir, self.config.sinks)
+            if all(s.get("open") for s in states.values()):
+                return
+            bad = {n: s["last_error"] for n, s in states.items() if s.get("last_error") and not s.get("open")}
+            if bad:
+                raise RuntimeError(f"strict mode: a backend could not start: {bad}")
+            self.delivery.check()
+            time.sleep(0.1)
+        raise TimeoutError(f"strict mode: the backends did not start within {timeout} s")
 
     def _log_system_metadata(self) -> None:
         meta = _metadata.collect()
@@ -189,9 +249,9 @@ class Run:
             self.append(rec)
 
     # -- the log path ---------------------------------------------------------------------------------
-    def _journal_keymap(self, mapping: dict[str, str]) -> None:
+    def _journal_keymap(self, sink: str, mapping: dict[str, str]) -> None:
         if self.journal is not None:
-            self.append(records.keymap(mapping))
+            self.append(records.keymap(mapping, sink=sink))
 
     def append(self, record: dict[str, Any]) -> None:
         try:
@@ -231,15 +291,13 @@ class Run:
                 try:
                     value = to_float(value)
                 except DroppedValue as why:
-                    self.messages.warn_once(f"value:{name}", f"metric {short(name)!r} dropped: {why} (got {preview(value)})")
+                    self.messages.fail_once(f"value:{name}", f"metric {short(name)!r} dropped: {why} (got {preview(value)})")
                     continue
             values[name] = value
         if values:
             self.append(records.metrics(step, values))
-        if self.shipper is not None:
-            self.shipper.check()  # a clock compare; at most once a second a non-blocking poll()
-            if self.strict_health is not None:
-                self.strict_health.check()
+        if time.monotonic() >= self._next_check:  # the log path's only other cost: a clock compare
+            self.check()
 
     def log_params(self, params: Any) -> None:
         self.ensure_started()
@@ -249,17 +307,16 @@ class Run:
         update = self.params.update(flat)
         if not update.values:
             return
-        mlflow_text: dict[str, str] = {}
+        short_text: dict[str, str] = {}
         for key, text in update.long.items():
-            stored = self.keys.keymap.get(key) or key
-            name = f"params/{stored}.txt"
+            name = f"params/{self.keys.stored(key)}.txt"
             rec = self.payloads.file_bytes(text.encode("utf-8"), name, "long param")
             if rec is None:
                 continue
             self.append(rec)
             note = f" ...[{len(text)} chars; full value in artifact {rec['path'][len('artifacts/'):]}]"
-            mlflow_text[key] = text[: MLFLOW_MAX_PARAM_VALUE - len(note)] + note
-        self.append(records.params(update.values, mlflow=mlflow_text, wandb=update.latest))
+            short_text[key] = text[: self.params.max_chars - len(note)] + note
+        self.append(records.params(update.values, short_text=short_text, latest=update.latest))
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         self.ensure_started()
@@ -305,7 +362,7 @@ class Run:
         return url
 
     # -- the end ----------------------------------------------------------------------------------------
-    def finalize(self, status: str, checkpoint_callbacks: Any = (), final: bool = False) -> dict[str, dict[str, Any]] | None:
+    def finalize(self, status: str, final: bool = False) -> dict[str, dict[str, Any]] | None:
         """End the session; ``final`` (or :attr:`ending`, set by ``end_run``): the run is over, the backend runs
         end now and none is kept open for a next session."""
         final = final or self.ending
@@ -313,7 +370,7 @@ class Run:
             if final:
                 self.release()
             return None
-        for checkpoint_callback in checkpoint_callbacks:
+        for checkpoint_callback in list(self.checkpoint_callbacks.values()):
             for rec in self.payloads.checkpoints(checkpoint_callback):
                 self.append(rec)
         self.finalized = True
@@ -321,42 +378,100 @@ class Run:
             status = "failed" if status not in ("finished", "FINISHED") else "success"
         if status == "failed" and isinstance(sys.exc_info()[1], KeyboardInterrupt):
             status = "aborted"
+        if self.journal.deleted():
+            self._recreate_run_dir()
         self.append(records.end(status))
         self.journal.close()
         self.journal = None  # a later log call (e.g. trainer.test after fit) continues the run
-        if self.shipper is not None:
-            self.restarts += self.shipper.restarts
-            self.shipper.restarts = 0  # counted; the same process may deliver the next session
-            end_offset = os.path.getsize(self.run_dir / JOURNAL_NAME)
-            background = finalize_wait() == "started" and not final and not self.config.strict
-            report, kept = self.shipper.end_session(self.config.finalize_timeout, end_offset, background=background)
-            if not kept:
-                self.shipper = None
-            elif final:
+        if self.delivery is not None:
+            try:
+                end_offset = os.path.getsize(self.run_dir / JOURNAL_NAME)
+            except OSError:
+                end_offset = 0
+
+            def stored(states: dict[str, dict[str, Any]]) -> bool:
+                return all((s.get("closed") and int(s.get("offset") or 0) >= end_offset) or s.get("gave_up")
+                           for s in states.values())
+
+            report, _ = self.delivery.wait(self.run_dir, self.config.sinks, stored, self.config.finalize_timeout)
+            if final:
                 report = self.release() or report
         else:
             report = sink_states(self.run_dir, self.config.sinks)
-        print(final_report(self.run_dir, report, finalize_timeout=self.config.finalize_timeout, restarts=self.restarts,
-                           held_by=self.shipper.pid if self.shipper is not None else None), file=sys.stderr)
-        self.last_report = dict(report)
+            _OPEN.discard(self)
+        self._print_report(report)
         if self.config.strict and status == "success":  # on failure Lightning is handling the original error: never mask it
             failed = {n: s for n, s in report.items() if not s.get("closed")}
             if failed:
-                raise RuntimeError(pending_message(self.run_dir, failed, self.config.finalize_timeout))
+                names = ", ".join(sorted(failed))
+                raise RuntimeError(f"[dualtrack] not everything reached {names} before finalize_timeout="
+                                   f"{self.config.finalize_timeout:g}s; it is safe in the journal. Deliver it with:  "
+                                   f"{sync_command(self.run_dir)}")
         return report
 
+    def _print_report(self, report: dict[str, dict[str, Any]]) -> None:
+        delivery = self.delivery
+        held_by = delivery.pid if delivery is not None and delivery.alive() else None
+        print(final_report(self.run_dir, report, finalize_timeout=self.config.finalize_timeout,
+                           restarts=delivery.restarts if delivery is not None else 0, held_by=held_by,
+                           off=self.config.off(), lost=self.dropped_records + self.lost_payloads), file=sys.stderr)
+        self.last_report = dict(report)
+
     def release(self) -> dict[str, dict[str, Any]] | None:
-        """The run is over: end the backend runs the shipper holds open between sessions (the W&B run is
-        finished, its directory complete) and wait for it, bounded by ``finalize_timeout``. Idempotent;
-        called at interpreter exit and by ``end_run``."""
-        shipper = self.shipper
-        if shipper is None or not self.finalized:
+        """The run is over: end the backend runs kept open between sessions (the W&B run is finished, its directory
+        complete) and wait for that, bounded by ``finalize_timeout``. Idempotent; called by ``end_run``, when the
+        logger is gone and at interpreter exit."""
+        _OPEN.discard(self)
+        delivery = self.delivery
+        if delivery is None or not self.finalized or self.run_dir is None:
             return None
-        self.shipper = None
-        states = shipper.release(self.config.finalize_timeout)
-        if shipper.alive():
-            print(f"[dualtrack] the delivery process (pid {shipper.pid}) is still ending the runs; it goes on after "
-                  f"this process exits. If it is stopped: dualtrack sync {self.run_dir}", file=sys.stderr)
-        else:
+        delivery.end(self.run_dir)
+
+        def ended(states: dict[str, dict[str, Any]]) -> bool:
+            return all((s.get("closed") and not s.get("held")) or s.get("gave_up") for s in states.values())
+
+        states, done = delivery.wait(self.run_dir, self.config.sinks, ended, self.config.finalize_timeout)
+        if done:
             self.last_report = dict(states)
         return states
+
+    def owner_gone(self) -> None:
+        """The logger was garbage-collected (a sweep dropped a trial's logger): end its run without waiting -- the
+        session (with the status the end of the process would give it) and the backend runs, delivered by the
+        service. Called by the garbage collector at any point of the program: only a journal write and a queued
+        command."""
+        from lightning_dualtrack.run.compat import exit_status
+
+        _OPEN.discard(self)
+        if self.journal is not None and not self.finalized:
+            self.finalized = True
+            try:
+                self.journal.append(records.end(exit_status()))
+                self.journal.close()
+            except (JournalError, OSError):
+                pass
+            self.journal = None
+        if self.delivery is not None and self.run_dir is not None:
+            self.delivery.end_later(self.run_dir)
+
+
+def _at_exit() -> None:
+    """The end of the process: every run still open ends (a run whose training raised: ``failed``), then the
+    delivery service is told the process is exiting and the exit waits, bounded, for it to end the backend runs."""
+    from lightning_dualtrack.run.compat import exit_status, hold_sigterm_in_spawned_worker
+
+    service = client.current()
+    if _OPEN or service is not None:
+        hold_sigterm_in_spawned_worker()  # ddp_spawn: torch SIGTERMs a failed worker while this ends its run
+    for run in list(_OPEN):
+        try:
+            if run.journal is not None and not run.finalized:
+                run.finalize(exit_status())
+            _OPEN.discard(run)
+        except Exception as err:  # noqa: BLE001 - one run's end must not stop the others'
+            print(f"[dualtrack] ending run {run.config.run_id} at exit failed: {type(err).__name__}: {err}", file=sys.stderr)
+    if service is not None:
+        service.shutdown()
+
+
+atexit.register(_at_exit)

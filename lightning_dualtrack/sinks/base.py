@@ -1,53 +1,73 @@
-"""What every sink shares: the run context, the error classes and the interface the shipper drives."""
+"""What a backend is: the interface delivery drives, and what the backend declares about itself.
+
+A sink class is the one place that knows its backend. Besides turning journal records into backend calls
+(:meth:`Sink.open`, :meth:`Sink.deliver`, :meth:`Sink.close`), it declares, as class attributes and class
+methods that import nothing of its backend:
+
+* its **settings** (:class:`Setting`: the logger argument, the key in ``run.json``, the default, the
+  environment variable) and how they resolve (:meth:`Sink.resolve`: credentials kept out of files, a name the
+  backend refuses fixed up with a warning, "turned off by the environment" said);
+* whether it is on by default (:attr:`Sink.enabled_by_default`) and the package it needs (:attr:`Sink.requires`);
+* what its own exceptions mean (:meth:`Sink.classify`, see :mod:`lightning_dualtrack.core.errors`);
+* which identity fields the other backends write into their runs (:attr:`Sink.link_fields`);
+* its lines in the final report and in ``dualtrack status`` (:meth:`Sink.where`, :meth:`Sink.hints`);
+* its rules for what the user logs (:attr:`Sink.policy`, applied on the training thread: see
+  :class:`lightning_dualtrack.run.policy.KeyRules`).
+
+The logger's arguments, ``run.json``, LightningCLI's ``--use_<name>``/``--no_<name>`` switches and ``dualtrack
+status`` are all read from these, through the registry (:mod:`lightning_dualtrack.sinks`).
+"""
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-# The error taxonomy lives in one module; these names stay importable from here.
-from lightning_dualtrack.delivery.errors import (  # noqa: F401
-    AlreadyExists,
-    BlockedError,
-    ConversionError,
-    DeliveryError,
-    PermanentError,
-    RejectedError,
-    TooLargeError,
-    TransientError,
-)
-from lightning_dualtrack.journal import Entry
-
-RUN_FILE = "run.json"
-STATUS_TO_EXIT = {"success": 0, "failed": 1, "aborted": 255}
+from lightning_dualtrack.core.errors import DeliveryError
+from lightning_dualtrack.core.io import RUN_FILE, read_json
+from lightning_dualtrack.core.journal import Entry
 
 
+@dataclass(frozen=True)
+class Setting:
+    """One setting of a backend.
 
-def read_json(path: Path, default: Any = None) -> Any:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
-    except (FileNotFoundError, ValueError):
-        return default
-
-
-def write_json_atomic(path: Path, data: Any, **dump_kwargs: Any) -> None:
-    """Write JSON so that a reader never sees half a file (tmp file + rename); makes the parent dir.
-
-    Defaults suit state files (indented, sorted); pass ``json.dump`` keywords to change them.
+    Args:
+        key: its key in the backend's section of ``run.json`` (and in :attr:`RunContext.section`).
+        arg: the logger's argument (``DualTrackLogger(<arg>=...)``, LightningCLI ``init_args.<arg>``).
+        annotation: the argument's type, as LightningCLI shows and checks it.
+        default: the value when neither the argument nor ``env`` gives one.
+        env: an environment variable read when the logger is built: the argument beats it, it beats the default.
+        help: one line for the logger's docstring and the README's table.
+        secret: never written to a file (handed to the delivery process in memory).
     """
-    kwargs = {"indent": 1, "sort_keys": True, "default": repr, "ensure_ascii": False, **dump_kwargs}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, **kwargs)
-    os.replace(tmp, path)
+
+    key: str
+    arg: str
+    annotation: Any = str | None
+    default: Any = None
+    env: str | None = None
+    help: str = ""
+    secret: bool = False
+
+
+@dataclass
+class Resolved:
+    """A backend's settings for one run, resolved from the logger's arguments and the environment.
+
+    ``settings`` go to ``run.json``; ``secrets`` (credentials) only to the delivery process's memory; ``off`` says
+    why the backend is off although it was asked for (``WANDB_MODE=disabled``); ``notes`` are said once at start.
+    """
+
+    settings: dict[str, Any] = field(default_factory=dict)
+    secrets: dict[str, str] = field(default_factory=dict)
+    off: str | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 class ResponseTimes:
@@ -89,48 +109,99 @@ class ResponseTimes:
 
 @dataclass
 class RunContext:
-    """The static description of a run (``run.json``), shared by the facade, the shipper and the sinks."""
+    """One run as delivery sees it: its directory, ``run.json`` and, in memory only, each backend's secrets."""
 
     run_dir: Path
     settings: dict[str, Any]
-    links: dict[str, dict[str, Any]] = field(default_factory=dict)  # sink name -> its public identity
+    secrets: dict[str, dict[str, str]] = field(default_factory=dict)  # sink name -> credentials (never on disk)
 
     @classmethod
-    def load(cls, run_dir: str | os.PathLike) -> RunContext:
+    def load(cls, run_dir: str | os.PathLike, secrets: Mapping[str, Mapping[str, str]] | None = None) -> RunContext:
         run_dir = Path(run_dir)
         settings = read_json(run_dir / RUN_FILE)
-        if settings is None:
+        if not isinstance(settings, dict):
             raise FileNotFoundError(f"{run_dir} is not a dualtrack run directory (no {RUN_FILE})")
-        return cls(run_dir=run_dir, settings=settings)
+        return cls(run_dir=run_dir, settings=settings, secrets={k: dict(v) for k, v in (secrets or {}).items()})
 
     @property
     def run_id(self) -> str:
         return self.settings["run_id"]
+
+    def section(self, sink: str) -> dict[str, Any]:
+        """The backend's own settings (its section of ``run.json``)."""
+        return dict(self.settings.get(sink) or {})
 
     def artifact_file(self, rel: str) -> Path:
         return self.run_dir / rel
 
 
 class Sink:
-    """One backend. Only a sink module imports its backend; the shipper calls these in one thread.
+    """One backend. Only a sink module imports its backend, and only inside the methods that need it.
 
     Required: :meth:`open`, :meth:`deliver`, :meth:`close`. Optional hooks (the defaults do nothing):
     :meth:`link`, :meth:`report_health`, :meth:`abandon`, :meth:`durable_offset` (a sink whose backend
-    acknowledges before it stores returns what provably is stored), :meth:`hold` (with ``holds_open``), and ``fallback_reason`` (a sentence
-    the shipper prints once, e.g. "recording offline"). Errors raised are those of
-    :mod:`lightning_dualtrack.delivery.errors` (anything else is classified there).
+    acknowledges before it stores returns what provably is stored), :meth:`hold` (with ``holds_open``), and
+    ``fallback_reason`` (a sentence delivery prints once, e.g. "recording offline"). Errors raised are those of
+    :mod:`lightning_dualtrack.core.errors`, or the backend's own, which :meth:`classify` maps.
     """
 
-    name = "base"
-    #: a sentence the shipper prints after ``open`` when the sink fell back to something else
-    fallback_reason: str | None = None
+    #: the registry name: the logger's ``<name>=True|False`` argument, the ``run.json`` section, ``--use_<name>``
+    name: ClassVar[str] = "base"
+    #: how people write the backend's name
+    title: ClassVar[str] = "base"
+    #: on unless the logger is told otherwise
+    enabled_by_default: ClassVar[bool] = True
+    #: the package the sink needs (``lightning_utilities.core.imports.RequirementCache``), or None
+    requires: ClassVar[Any] = None
+    #: the backend's settings, in the order of the logger's arguments
+    settings: ClassVar[tuple[Setting, ...]] = ()
+    #: identity fields the other backends write into their runs (cross-links); None: all of them
+    link_fields: ClassVar[tuple[str, ...] | None] = None
+    #: training-side rules for keys and params (an object with ``key_rules()`` etc.; see run.policy), or None
+    policy: ClassVar[Any] = None
     #: whether replaying a delivered record stores it twice (W&B appends rows): the worker then acks
     #: partial progress exactly, and the sink must report it through :meth:`stored`
-    appends: bool = False
-    #: whether the backend run can stay open from one session of a run to the next in one process (Lightning's
-    #: fit, then test): the worker then calls :meth:`hold` at a session's end instead of :meth:`close`
-    holds_open: bool = False
+    appends: ClassVar[bool] = False
+    #: whether the backend run can stay open from one session of a run to the next (Lightning's fit, then test):
+    #: the worker then calls :meth:`hold` at a session's end instead of :meth:`close`
+    holds_open: ClassVar[bool] = False
+    #: a sentence delivery prints after ``open`` when the sink fell back to something else
+    fallback_reason: str | None = None
 
+    # -- declarations -------------------------------------------------------------------------------
+    @classmethod
+    def resolve(cls, given: Mapping[str, Any], common: Mapping[str, Any]) -> Resolved:
+        """The run's settings of this backend: ``given`` maps each :attr:`settings` key to the logger's argument
+        (None: not given); ``common`` holds the run's shared settings (``experiment_name``, ``run_name``...).
+        The argument beats the environment variable, which beats the default. Raise ``ValueError`` naming the
+        argument for a value that cannot work; fix up (with a note) one the backend would refuse by its rules."""
+        out = Resolved()
+        for s in cls.settings:
+            value = given.get(s.key)
+            if value is None and s.env:
+                value = os.environ.get(s.env) or None
+            if value is None:
+                value = s.default
+            (out.secrets if s.secret else out.settings)[s.key] = value
+        return out
+
+    @classmethod
+    def classify(cls, err: BaseException) -> DeliveryError | None:
+        """What one of the backend's own exceptions means (None: not one of them; the generic rules apply)."""
+        return None
+
+    @classmethod
+    def where(cls, state: Mapping[str, Any]) -> str:
+        """Where a person finds the backend's run (the final report, ``dualtrack status``)."""
+        ident = state.get("identity") or {}
+        return str(ident.get("url") or ident.get("dir") or ident.get("run_id") or "(not created)")
+
+    @classmethod
+    def hints(cls, state: Mapping[str, Any]) -> list[str]:
+        """Commands that open (or upload) what the backend stored, for ``dualtrack status``."""
+        return []
+
+    # -- one run ------------------------------------------------------------------------------------
     def __init__(self, ctx: RunContext) -> None:
         self.ctx = ctx
         self._requests = 0
@@ -138,6 +209,15 @@ class Sink:
         self.progress = 0  # entries of the current deliver() call already stored (for partial retries)
         self.on_stored: Callable[[int], None] | None = None  # set by the worker: ack as requests succeed
         self.response_times = ResponseTimes()  # each backend request's latency (health: p50/p95 per backend)
+
+    @property
+    def section(self) -> dict[str, Any]:
+        """This backend's settings for the run (its ``run.json`` section)."""
+        return self.ctx.section(self.name)
+
+    @property
+    def secrets(self) -> dict[str, str]:
+        return dict(self.ctx.secrets.get(self.name) or {})
 
     def stored(self, n: int) -> None:
         """The first ``n`` entries of the current :meth:`deliver` call are stored (called after each request)."""
@@ -167,16 +247,24 @@ class Sink:
         """Record the other backend's run identity in this backend's run (cross-linking)."""
 
     def report_health(self, health: dict[str, float], step: int | None) -> None:
-        """Record the shipper's own health figures (where the backend keeps system figures)."""
+        """Record delivery's own health figures (where the backend keeps system figures)."""
 
     def abandon(self) -> None:
-        """Release resources without ending the run (the shipper is stopping with work pending)."""
+        """Release resources without ending the run (delivery is stopping with work pending)."""
 
     def durable_offset(self) -> int | None:
         """The journal offset up to which the backend provably stores every record; None: not known."""
         return None
 
+    def storage_lost(self) -> bool:
+        """Whether the backend's local files for this run are gone (the run directory was deleted while the run was
+        being delivered): delivery then starts the run over into new files. Checked once per delivery pass."""
+        return False
+
     def hold(self, offset: int, timeout: float = 10.0) -> None:
         """(``holds_open`` sinks) End a session but not the backend run: return once every record up to journal
         byte ``offset`` is provably stored; raise a :class:`TransientError` if that is not seen in ``timeout``."""
         raise NotImplementedError
+
+
+STATUS_TO_EXIT = {"success": 0, "failed": 1, "aborted": 255}
