@@ -39,6 +39,12 @@ point takes from the log call to the MLflow server's store (its sqlite, polled e
 driver process): p50/p95/max over every point, and over the points logged once delivery had started
 (the first point visible), plus the shipper's CPU time during training.
 
+The ``--sweep`` scenario (``noop`` and ``dualtrack``, each in its own process) runs N sequential fits in one
+process, each with a fresh logger (an Optuna-style study; 12 fits of 30 steps by default), and reports per fit
+the wall time, the delivery processes alive and the delivery side's memory (RSS of the delivery service and its
+children, wandb-core included), and at the end whether every run is complete in both backends; the per-run
+cost is the median over fits 2..N of dualtrack's fit time minus noop's.
+
 At 400 steps of ~2 ms the measured window is about a second: it shows what a logger costs while it
 starts up and delivers its first batches. ``--steps 3000`` (or the scale scenario) shows the steady
 state.
@@ -51,6 +57,7 @@ Examples::
     python benchmarks/logger_overhead.py --scale              # 100,000 points, time until on the server
     python benchmarks/logger_overhead.py --small-run          # the end of a 50-step fit, against noop
     python benchmarks/logger_overhead.py --freshness          # log-call-to-server latency during training
+    python benchmarks/logger_overhead.py --sweep              # 12 fits in one process, a fresh logger each
 """
 
 from __future__ import annotations
@@ -555,16 +562,170 @@ def _shipper_cpu_s(loggers: list[Any]) -> float | None:
     except ImportError:
         return None
     for lg in loggers:
-        shipper = getattr(lg, "_shipper", None)
-        if shipper is None or getattr(shipper, "pid", None) is None:
+        delivery = getattr(getattr(lg, "_run", None), "delivery", None)
+        if delivery is None or getattr(delivery, "pid", None) is None:
             continue
         try:
-            proc = psutil.Process(shipper.pid)
+            proc = psutil.Process(delivery.pid)
             procs = [proc, *proc.children(recursive=True)]
             return sum(p.cpu_times().user + p.cpu_times().system for p in procs)
         except psutil.Error:
             return None
     return None
+
+
+# --------------------------------------------------------------------------------------------------
+# --sweep: many fits in one process
+# --------------------------------------------------------------------------------------------------
+
+
+def _delivery_processes(pid: int) -> list[Any]:
+    """The delivery services among ``pid``'s children, with their own children (wandb-core)."""
+    import psutil
+
+    out = []
+    for child in psutil.Process(pid).children(recursive=False):
+        try:
+            if "lightning_dualtrack.delivery" in " ".join(child.cmdline()):
+                out.append(child)
+        except psutil.Error:
+            continue
+    return out
+
+
+def _rss_mb(procs: list[Any]) -> float:
+    import psutil
+
+    total = 0
+    for proc in procs:
+        try:
+            for p in (proc, *proc.children(recursive=True)):
+                total += p.memory_info().rss
+        except psutil.Error:
+            continue
+    return total / 2**20
+
+
+def _sweep_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """``spec["fits"]`` sequential fits in this process, a fresh logger each, as a study's trials are run."""
+    import gc
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    import torch
+    from lightning.pytorch import LightningModule, Trainer
+    from lightning.pytorch.loggers import Logger
+
+    torch.set_num_threads(spec["torch_threads"])
+    config, steps, fits = spec["config"], spec["steps"], spec["fits"]
+    workdir = Path(spec["workdir"])
+
+    class NoopLogger(Logger):
+        name = "noop"
+        version = "0"
+
+        def log_metrics(self, metrics, step=None) -> None:
+            pass
+
+        def log_hyperparams(self, params, *args, **kwargs) -> None:
+            pass
+
+    class TinyMLP(LightningModule):
+        def __init__(self, lr: float) -> None:
+            super().__init__()
+            self.save_hyperparameters()
+            self.net = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1))
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            loss = torch.nn.functional.mse_loss(self.net(x), y)
+            self.log_dict({"train/loss": loss.detach(), "train/a": loss.detach() + 1, "train/b": loss.detach() + 2})
+            return loss
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+
+        def train_dataloader(self):
+            g = torch.Generator().manual_seed(0)
+            n = steps * 32
+            data = torch.utils.data.TensorDataset(torch.randn(n, 32, generator=g), torch.randn(n, 1, generator=g))
+            return torch.utils.data.DataLoader(data, batch_size=32)
+
+    per_fit: list[dict[str, Any]] = []
+    runs: list[tuple[str, str]] = []
+    me = os.getpid()
+    for i in range(fits):
+        t0 = time.perf_counter()
+        if config == "noop":
+            logger: Any = NoopLogger()
+        else:
+            from lightning_dualtrack import DualTrackLogger
+
+            logger = DualTrackLogger(experiment_name=EXPERIMENT, run_name=f"trial-{i}", tracking_uri=spec["url"],
+                                     wandb_mode="offline", save_dir=str(workdir / "dualtrack_runs"), log_system_info=False)
+            runs.append((str(logger.run_dir), logger.run_id))
+        trainer = Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=logger, log_every_n_steps=1,
+                          enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
+                          limit_val_batches=0, num_sanity_val_steps=0, default_root_dir=str(workdir))
+        trainer.fit(TinyMLP(lr=0.01 * (i + 1)))
+        fit_s = time.perf_counter() - t0
+        del trainer, logger  # a study drops each trial's objects
+        gc.collect()
+        services = _delivery_processes(me)
+        per_fit.append({"fit": i, "fit_s": fit_s, "delivery_processes": len(services), "delivery_rss_mb": _rss_mb(services)})
+    result: dict[str, Any] = {"config": config, "fits": fits, "steps": steps, "per_fit": per_fit}
+    if config == "dualtrack":
+        result["runs"] = runs
+    return result
+
+
+def sweep_scenario(fits: int, steps: int, workdir: Path, env: dict[str, str], timeout: float) -> dict[str, Any]:
+    """noop and dualtrack sweeps, each in a fresh process; then every dualtrack run is checked in both backends."""
+    (workdir / "server").mkdir(parents=True)
+    server, _impl = _mlflow_server(workdir / "server")
+    out: dict[str, Any] = {"fits": fits, "steps": steps, "environment": _environment()}
+    with server:
+        for config in ("noop", "dualtrack"):
+            sub = workdir / config
+            sub.mkdir()
+            spec = {"config": config, "fits": fits, "steps": steps, "torch_threads": 1, "url": server.url,
+                    "workdir": str(sub)}
+            spec_path, out_path = sub / "spec.json", sub / "result.json"
+            spec_path.write_text(json.dumps(spec))
+            t0 = time.perf_counter()
+            with open(sub / "worker.log", "wb") as log:
+                proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--_sweep_worker", str(spec_path),
+                                       str(out_path)], env={**env, "WANDB_DIR": str(sub)}, stdout=log,
+                                      stderr=subprocess.STDOUT, timeout=timeout, cwd=sub)
+            wall = time.perf_counter() - t0
+            if proc.returncode != 0 or not out_path.exists():
+                out[config] = {"error": (sub / "worker.log").read_text(errors="replace")[-3000:]}
+                continue
+            out[config] = json.loads(out_path.read_text())
+            out[config]["process_wall_s"] = wall
+        dual = out.get("dualtrack", {})
+        complete = 0
+        for run_dir, run_id in dual.get("runs", []):
+            from mlflow.tracking import MlflowClient
+
+            client = MlflowClient(server.url)
+            state = json.loads((Path(run_dir) / "state" / "mlflow.json").read_text())
+            mlflow_n = len(client.get_metric_history(state["identity"]["run_id"], "train/loss"))
+            rows, _ = wandb_history(str(Path(run_dir)), run_id)
+            wandb_n = sum(1 for r in rows if "train/loss" in r or ("train" in r and isinstance(r["train"], dict) and "loss" in r["train"]))
+            closed = client.get_run(state["identity"]["run_id"]).info.status == "FINISHED"
+            complete += int(mlflow_n == steps and wandb_n == steps and closed)
+        out["runs_complete"] = complete
+    noop, dual = out.get("noop", {}), out.get("dualtrack", {})
+    if "per_fit" in noop and "per_fit" in dual:
+        extra = [d["fit_s"] - n["fit_s"] for d, n in zip(dual["per_fit"], noop["per_fit"], strict=True)]
+        out["extra_s_first_fit"] = extra[0]
+        out["extra_s_per_later_fit_median"] = statistics.median(extra[1:]) if len(extra) > 1 else None
+        out["extra_s_per_later_fit_max"] = max(extra[1:]) if len(extra) > 1 else None
+        out["max_delivery_processes"] = max(f["delivery_processes"] for f in dual["per_fit"])
+        out["max_delivery_rss_mb"] = max(f["delivery_rss_mb"] for f in dual["per_fit"])
+        out["process_wall_extra_s"] = dual["process_wall_s"] - noop["process_wall_s"]
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -991,8 +1152,39 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--step-sleep", type=float, default=0.05, help="--freshness: seconds per training step (default 0.05)")
     p.add_argument("--flush-interval", type=float, default=None,
                    help="--freshness: DualTrackLogger's flush_interval (default: the logger's default)")
+    p.add_argument("--sweep", action="store_true",
+                   help="N sequential fits in one process, a fresh logger each (--fits, default 12; --steps default 30): "
+                        "per-fit cost against noop, delivery processes alive, delivery-side memory, runs complete")
+    p.add_argument("--fits", type=int, default=12, help="--sweep: fits in the process (default 12)")
     p.add_argument("--_worker", nargs=2, help=argparse.SUPPRESS)
+    p.add_argument("--_sweep_worker", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+
+    if args._sweep_worker:
+        spec = json.loads(Path(args._sweep_worker[0]).read_text())
+        result = _sweep_worker(spec)
+        Path(args._sweep_worker[1]).write_text(json.dumps(result))
+        return 0
+
+    if args.sweep:
+        env = {k_: v for k_, v in os.environ.items() if not k_.startswith(("MLFLOW_", "WANDB_"))}
+        env.update(WANDB_MODE="offline", WANDB_SILENT="true", PYTHONWARNINGS="ignore", GIT_PYTHON_REFRESH="quiet")
+        with tempfile.TemporaryDirectory(prefix="dualtrack-sweep-") as tmp:
+            result = sweep_scenario(args.fits, args.steps or 30, Path(tmp), env, args.run_timeout)
+        result["environment"]["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        (out / f"logger_overhead_sweep_{stamp}.json").write_text(json.dumps(result, indent=2))
+        summary = {k_: result.get(k_) for k_ in ("fits", "steps", "runs_complete", "max_delivery_processes",
+                                                  "max_delivery_rss_mb", "extra_s_first_fit", "extra_s_per_later_fit_median",
+                                                  "extra_s_per_later_fit_max", "process_wall_extra_s")}
+        print(json.dumps(summary, indent=1))
+        for config in ("noop", "dualtrack"):
+            for f in result.get(config, {}).get("per_fit", []):
+                print(f"{config:9s} fit {f['fit']:2d}: {f['fit_s']:.2f} s, delivery processes {f['delivery_processes']}, "
+                      f"delivery RSS {f['delivery_rss_mb']:.0f} MB")
+        return 0 if result.get("runs_complete") == args.fits else 1
 
     if args.freshness:
         env = {k_: v for k_, v in os.environ.items() if not k_.startswith(("MLFLOW_", "WANDB_"))}

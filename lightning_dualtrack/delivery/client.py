@@ -32,7 +32,7 @@ from lightning_dualtrack.delivery.state import sink_states
 
 CHECK_EVERY_S = 1.0
 MAX_RESTARTS = 3  # a service that keeps dying (e.g. at import) is not restarted forever
-EXIT_WAIT_S = 30.0  # at interpreter exit, how long the end of the process waits for the service at most
+EXIT_WAIT_S = 5.0  # at interpreter exit, the wait for the service when no run asked for more (finalize_timeout)
 _SERVICE: DeliveryService | None = None
 _SERVICE_LOCK = threading.Lock()
 
@@ -97,6 +97,7 @@ class DeliveryService:
         self._next_check = 0.0
         self._gave_up = False
         self._lock = threading.Lock()
+        self.exit_wait = EXIT_WAIT_S  # the longest finalize_timeout of the runs followed: what the process end waits
 
     # -- start -------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -260,7 +261,7 @@ class DeliveryService:
         (bounded by its orphan timeout), and stays in the journals for ``dualtrack sync``."""
         if self.proc is None or os.getpid() != self.owner:
             return
-        timeout = EXIT_WAIT_S if timeout is None else timeout
+        timeout = self.exit_wait if timeout is None else timeout
         with self._lock:
             deadline = time.monotonic() + min(timeout, 5.0)
             while self._pending and time.monotonic() < deadline and self.alive():

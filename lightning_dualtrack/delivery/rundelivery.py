@@ -139,7 +139,8 @@ class RunDelivery:
         for name in sink_names():  # identities known from earlier sessions
             identity = load_state(self.run_dir, name).get("identity")
             if identity:
-                self.links.publish(name, identity)
+                fields = sink_class(name).link_fields
+                self.links.publish(name, identity if fields is None else {k: v for k, v in identity.items() if k in fields})
         interval = poll_interval if poll_interval is not None else float(self.ctx.settings.get("flush_interval", 1.0)) / POLLS_PER_FLUSH
         self.workers: list[SinkWorker] = []
         for name in enabled_sinks(self.ctx.settings):

@@ -225,7 +225,7 @@ class SinkWorker(threading.Thread):
                 if self.sink.fallback_reason:
                     self.log(f"[dualtrack] {self.sink_name}: {self.sink.fallback_reason}")
                 self.save(identity=identity, open=True, last_error=None, blocked=None, held=False)
-                self.links.publish(self.sink_name, identity)
+                self.links.publish(self.sink_name, self._public(identity))
                 self.log(f"[dualtrack] {self.sink_name}: run open after {time.monotonic() - self._t0:.2f} s: {identity.get('url') or identity.get('dir') or identity.get('run_id')}")
                 return True
             except ModuleNotFoundError as err:
@@ -245,6 +245,11 @@ class SinkWorker(threading.Thread):
                 self.save(last_error=str(err)[:500], open=False)
                 if self._wait(backoff.after(err)):
                     return False
+
+    def _public(self, identity: dict[str, Any]) -> dict[str, Any]:
+        """The identity fields this backend lets the others write into their runs (its ``link_fields``)."""
+        fields = self.sink_cls.link_fields if self.sink_cls is not None else None
+        return dict(identity) if fields is None else {k: v for k, v in identity.items() if k in fields}
 
     def _note_blocked(self, err: DeliveryError) -> None:
         if isinstance(err, BlockedError):

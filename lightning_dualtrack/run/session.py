@@ -116,6 +116,7 @@ class Run:
         _OPEN.add(self)
         self.start_delivery()
         if self.delivery is not None:
+            self.delivery.exit_wait = max(self.delivery.exit_wait, self.config.finalize_timeout)
             self.delivery.follow(self.run_dir, self.config.secrets())
         if self.config.log_system_info and not self._metadata_logged:
             # after delivery is told: its start-up (imports, wandb.init) overlaps this (~0.3 s: the package list)

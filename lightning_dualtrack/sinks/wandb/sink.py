@@ -135,7 +135,7 @@ class WandbSink(Sink):
                 help="``online | offline | disabled`` (with no argument and no ``WANDB_MODE``: online when W&B "
                      "credentials exist, offline otherwise)"),
     )
-    link_fields = ("run_id", "project", "entity", "url", "mode", "dir")
+    link_fields = ("run_id", "project", "entity", "url", "mode", "dir", "dirs")
     appends = True  # a resent row is a second row
     holds_open = True  # fit, validate and test of one process: one run, one offline directory
 
