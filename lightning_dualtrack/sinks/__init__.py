@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 SINKS: dict[str, str] = {
     "mlflow": "lightning_dualtrack.sinks.mlflow.sink:MlflowSink",
     "wandb": "lightning_dualtrack.sinks.wandb.sink:WandbSink",
+    "tensorboard": "lightning_dualtrack.sinks.tensorboard:TensorBoardSink",
 }
 ENTRY_POINT_GROUP = "lightning_dualtrack.sinks"
 
