@@ -97,9 +97,10 @@ def _undelivered(status: dict[str, Any], only: set[str] | None = None) -> bool:
 
 def _print_status(status: dict[str, Any]) -> None:
     print(f"run {status['run_id']}  ({status['status']}, {status['records']} records)  {status['run_dir']}")
+    width = max([7, *map(len, status["backends"]), *map(len, status.get("off") or {})])
     for name, b in status["backends"].items():
         state = "up to date" if b["closed"] and not b["failed"] else ("pending" if b["pending"] else ("rejected" if b["failed"] else "open"))
-        print(f"  {name:7s} delivered {b['delivered']:>7d}  pending {b['pending']:>7d}  rejected {b['failed']:>4d}  [{state}]  {b['run_id'] or '-'}  {b['where'] or ''}")
+        print(f"  {name:{width}s} delivered {b['delivered']:>7d}  pending {b['pending']:>7d}  rejected {b['failed']:>4d}  [{state}]  {b['run_id'] or '-'}  {b['where'] or ''}")
         rt = b.get("response_ms") or {}
         if rt.get("response_p50_ms") is not None:
             print(f"          requests {b.get('requests', 0)}  response p50 {rt['response_p50_ms']:.1f} ms  "
@@ -120,7 +121,7 @@ def _print_status(status: dict[str, Any]) -> None:
                 keys = sorted({str(i.get("key")) for i in b["rejected"] if str(i.get("reason") or i.get("error"))[:160] == reason})
                 print(f"            {n:>5d} x {reason}  (keys: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''})")
     for name, why in (status.get("off") or {}).items():
-        print(f"  {name:7s} {why}: nothing was sent to it")
+        print(f"  {name:{width}s} {why}: nothing was sent to it")
     if status.get("unparseable_lines"):
         print(f"  journal: {status['unparseable_lines']} line(s) could not be parsed (skipped, counted)")
 

@@ -62,6 +62,16 @@ def _reset_mlflow_global_tracking_uri(isolated_env: Path) -> Iterator[None]:
         mlflow.set_tracking_uri(None)  # also unsets MLFLOW_TRACKING_URI; isolated_env's monkeypatch then restores env
 
 
+@pytest.fixture(autouse=True)
+def _fresh_delivery_service() -> Iterator[None]:
+    """Each test as its own training process: the runs it left open are ended and its delivery service is shut
+    down afterwards, so that the next test's service has its environment (and none of its held runs)."""
+    yield
+    from lightning_dualtrack.run.session import end_all_runs
+
+    end_all_runs()
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
     """One ``mlflow server`` (sqlite, served artifacts) for the whole session.

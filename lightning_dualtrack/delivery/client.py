@@ -60,6 +60,14 @@ def service(warn: Callable[[str], None]) -> DeliveryService:
         return _SERVICE
 
 
+def forget(svc: DeliveryService) -> None:
+    """After :meth:`DeliveryService.shutdown`: the next :func:`service` call starts a new one."""
+    global _SERVICE
+    with _SERVICE_LOCK:
+        if _SERVICE is svc:
+            _SERVICE = None
+
+
 def current() -> DeliveryService | None:
     """The service, if this process started one."""
     return _SERVICE if _SERVICE is not None and _SERVICE.owner == os.getpid() else None
@@ -138,13 +146,16 @@ class DeliveryService:
     def _send(self, command: Mapping[str, Any] | None) -> None:
         """One command, one ``write`` (small: atomic on a pipe); what the pipe cannot take now is sent later."""
         with self._lock:
-            while self._later:
-                run_dir = self._later.popleft()
-                self.followed.pop(run_dir, None)
-                self._pending.append((json.dumps({"op": "end", "run_dir": run_dir}) + "\n").encode("utf-8"))
+            self._queue_later()
             if command is not None:
                 self._pending.append((json.dumps(command) + "\n").encode("utf-8"))
             self._flush()
+
+    def _queue_later(self) -> None:
+        while self._later:
+            run_dir = self._later.popleft()
+            self.followed.pop(run_dir, None)
+            self._pending.append((json.dumps({"op": "end", "run_dir": run_dir}) + "\n").encode("utf-8"))
 
     def _flush(self) -> None:
         while self._pending and self.proc is not None and self.proc.stdin is not None:
@@ -178,6 +189,13 @@ class DeliveryService:
         """:meth:`end`, from a garbage-collector callback (any point of the program, maybe inside :meth:`_send`):
         queued without a lock, sent with the next command or check."""
         self._later.append(os.path.realpath(run_dir))
+        # sent now unless this thread is inside _send (the collector ran there): then with the next command or check
+        if self._lock.acquire(blocking=False):
+            try:
+                self._queue_later()
+                self._flush()
+            finally:
+                self._lock.release()
 
     # -- supervise ---------------------------------------------------------------------------------
     def check(self) -> None:

@@ -90,10 +90,10 @@ def final_report(
             elif not state.get("identity"):
                 why = "; the backend run was not created"
             what = f"{pending} record(s) PENDING" if pending else "PENDING (the run is not closed)"
-            if held_by and not state.get("last_error") and not state.get("blocked") and not state.get("gave_up"):
+            if held_by and not state.get("gave_up"):
                 background.append(name)
-                why = (f"; being delivered in the background by the delivery service (pid {held_by}), which "
-                       "the end of this process waits for (bounded by finalize_timeout)")
+                why += (f"; the delivery service (pid {held_by}) goes on delivering it while this process lives, and the "
+                        "end of the process waits for it (bounded)")
             lines.append(f"[dualtrack]   {name}: {what} -> {where(name, state)}{why}")
         if rejected:
             reasons = "; ".join(f"{n} x {r}" for r, n in rejected_by_reason(rejected).most_common(3))
@@ -105,13 +105,13 @@ def final_report(
     for name, why in (off or {}).items():
         lines.append(f"[dualtrack]   {name}: {why}: nothing was sent to it")
     if lost:
-        lines.append(f"[dualtrack]   journal: {lost} record(s) could not be written and are LOST (see the warnings above)")
+        lines.append(f"[dualtrack]   journal: {lost} record(s) or payload file(s) could not be kept and are LOST (see the warnings above)")
     if unparseable:
         lines.append(f"[dualtrack]   journal: {unparseable} line(s) could not be parsed and were skipped (counted, not delivered)")
     if restarts:
         lines.append(f"[dualtrack]   the delivery process died and was restarted {restarts} time(s); nothing acknowledged was lost")
     if background:
-        lines.append(f"[dualtrack] it is safe in the journal; if the delivery process is stopped first, deliver it "
+        lines.append(f"[dualtrack] it is safe in the journal; if this process ends before it is delivered, deliver it "
                      f"with:  {sync_command(run_dir)}")
     pending_names = [n for n in pending_names if n not in background]
     if pending_names:

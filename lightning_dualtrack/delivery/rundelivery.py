@@ -18,7 +18,7 @@ from typing import Any
 from lightning_dualtrack.core.io import STATE_DIR
 from lightning_dualtrack.core.journal import repair_torn_tail
 from lightning_dualtrack.delivery.links import Links
-from lightning_dualtrack.delivery.state import LOCK_FILE, load_state, lock_holder
+from lightning_dualtrack.delivery.state import HANDOVER_FILE, LOCK_FILE, load_state, lock_holder
 from lightning_dualtrack.delivery.worker import ORPHAN_TIMEOUT_S, SinkWorker
 from lightning_dualtrack.sinks import enabled_sinks, sink_class, sink_names
 from lightning_dualtrack.sinks.base import RunContext
@@ -133,7 +133,9 @@ class RunDelivery:
         self.run_dir = Path(run_dir)
         self.lock_fd: int | None = lock_fd
         self.ctx = RunContext.load(self.run_dir, secrets)
-        self.stop = stop or threading.Event()
+        self.stop = threading.Event()  # this run's delivery stops (its own; the service's stop sets every run's)
+        if stop is not None and stop.is_set():
+            self.stop.set()
         self.release = threading.Event()
         self.links = Links()
         for name in sink_names():  # identities known from earlier sessions
@@ -161,6 +163,13 @@ class RunDelivery:
 
     def alive(self) -> bool:
         return any(w.is_alive() for w in self.workers)
+
+    def handover_asked(self) -> bool:
+        """A ``dualtrack sync`` waits for this run and its current session has ended (the journal's last record is
+        ``end``): let it have the run. A session still training stays with its delivery service."""
+        if not (self.run_dir / STATE_DIR / HANDOVER_FILE).exists():
+            return False
+        return last_record_kind(self.run_dir) == "end"
 
     def held(self) -> bool:
         """Every backend run is stored and kept open between two sessions (nothing to deliver right now)."""
@@ -200,6 +209,23 @@ class RunDelivery:
             self.lock_fd = None
 
 
+def last_record_kind(run_dir: Path) -> str | None:
+    """The kind (``k``) of the journal's last complete record, read from its end."""
+    import json
+
+    from lightning_dualtrack.core.journal import JOURNAL_NAME
+
+    try:
+        with open(run_dir / JOURNAL_NAME, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - 65536))
+            lines = fh.read().rstrip(b"\n").split(b"\n")
+        return json.loads(lines[-1]).get("k") if lines and lines[-1] else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def deliver_run(
     run_dir: str | os.PathLike,
     *,
@@ -225,15 +251,21 @@ def deliver_run(
     run_dir = Path(run_dir)
     RunContext.load(run_dir)  # not a run directory: say so before waiting for a lock
     deadline = time.monotonic() + lock_wait
-    while True:
-        last_try = time.monotonic() >= deadline
-        try:
-            lock_fd = acquire_lock(run_dir, take_over_stale=take_over_stale and last_try)
-            break
-        except DeliveryBusy:
-            if last_try:
-                raise
-            time.sleep(0.2)
+    handover = run_dir / STATE_DIR / HANDOVER_FILE
+    try:
+        while True:
+            last_try = time.monotonic() >= deadline
+            try:
+                lock_fd = acquire_lock(run_dir, take_over_stale=take_over_stale and last_try)
+                break
+            except DeliveryBusy:
+                if last_try:
+                    raise
+                if take_over_stale and not handover.exists():
+                    handover.write_text(str(os.getpid()))  # a delivery service lets go of a run whose session ended
+                time.sleep(0.2)
+    finally:
+        handover.unlink(missing_ok=True)
     delivery = None
     try:
         repair_torn_tail(run_dir)

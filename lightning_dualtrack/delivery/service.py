@@ -138,6 +138,10 @@ class Service:
 
     def _reap(self) -> None:
         with self.lock:
+            for delivery in self.runs.values():
+                if not delivery.stop.is_set() and delivery.handover_asked():
+                    _log_to(delivery.run_dir)("[dualtrack] handing the run over to `dualtrack sync`, which asked for it")
+                    delivery.stop.set()  # its workers end what they hold (a held run is ended, not abandoned)
             done = [k for k, d in self.runs.items() if not d.alive()]
             for key in done:
                 self.runs.pop(key).close()
@@ -174,7 +178,7 @@ class Service:
                     print(f"[dualtrack] delivery service: the training process is gone and nothing was delivered for "
                           f"{orphan_timeout():g} s: giving up; the rest is safe in the journals (dualtrack sync)",
                           file=sys.stderr, flush=True)
-                    self.stop.set()
+                    self.stop_all()
                     return False
         return not self.stop.is_set()
 
@@ -184,12 +188,19 @@ class Service:
                 self.handle(line)
         self.input_closed.set()
 
+    def stop_all(self) -> None:
+        self.stop.set()
+        with self.lock:
+            for delivery in self.runs.values():
+                delivery.stop.set()
+
     def run(self, stream: Any) -> None:
         reader = threading.Thread(target=self.read_commands, args=(stream,), name="dualtrack-commands", daemon=True)
         reader.start()
         while self.tick():
             time.sleep(_TICK_S)
         # stopping: the workers check `stop` between requests; one stuck in a network call is left behind
+        self.stop_all()
         end = time.monotonic() + 5.0
         with self.lock:
             deliveries = list(self.runs.values())
@@ -209,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         except OSError:
             pass
     service = Service(args.parent_pid)
-    signal.signal(signal.SIGTERM, lambda *_: service.stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: service.stop_all())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the training process; we deliver what it logged
     service.run(sys.stdin)
     sys.stdout.flush()

@@ -10,6 +10,8 @@ Per sink, in the run directory's ``state/``:
   each: offset, kind, key, reason, error, code, and whether a later ``dualtrack sync`` retries it by
   default. ``dualtrack sync`` rewrites the file with what is still rejected after retrying.
 * ``delivery.lock``: held (``flock``) by the process delivering the run; holds its pid.
+* ``delivery.handover``: ``dualtrack sync`` asks the delivery service holding the run to let go of it (done once
+  the run's current session has ended: a session still training is never taken from its process).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 from lightning_dualtrack.core.io import STATE_DIR, read_json, write_json_atomic
 
 LOCK_FILE = "delivery.lock"
+HANDOVER_FILE = "delivery.handover"  # written by `dualtrack sync` waiting for a run a delivery service holds
 
 
 def state_path(run_dir: str | os.PathLike, sink: str) -> Path:

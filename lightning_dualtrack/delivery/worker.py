@@ -501,6 +501,10 @@ class SinkWorker(threading.Thread):
                 # short, since a peer that is not open by now is failing (a later sync links them)
                 self.links.wait_for_others(self.sink_name, LINK_WAIT_S, self.stop)
                 self._link()
+                if self.sink.storage_lost():  # deleted during this pass: not closed incomplete, delivered again
+                    if not self._start_over():
+                        return
+                    continue
                 if finished and self._may_hold(status):
                     if self._between_sessions(status):
                         status = "running"

@@ -167,6 +167,9 @@ def resolve_backends(given: Mapping[str, Any], common: Mapping[str, Any]) -> dic
         if not wanted:
             out[cls.name] = BackendConfig(cls.name, cls, enabled=False)
             continue
+        if cls.requires is not None and not cls.requires:  # its package is missing: off, and said why
+            out[cls.name] = BackendConfig(cls.name, cls, enabled=False, off=f"off ({cls.requires})")
+            continue
         resolved = cls.resolve({s.key: given.get(s.arg) for s in cls.settings}, common)
         out[cls.name] = BackendConfig(cls.name, cls, enabled=resolved.off is None, settings=resolved.settings,
                                       secrets=resolved.secrets, off=resolved.off, notes=resolved.notes)

@@ -40,7 +40,14 @@ def versions() -> dict[str, Any]:
             info["cudnn"] = torch.backends.cudnn.version() if torch.cuda.is_available() else None
         except Exception:  # noqa: BLE001
             info["cudnn"] = None
-    for dist in ("lightning", "mlflow", "wandb", "torchmetrics", "open_clip_torch", "lightning-dualtrack"):
+    backends = []  # each registered backend's package (its sink's requirement), as installed
+    from lightning_dualtrack.sinks import sink_classes
+
+    for cls in sink_classes():
+        requirement = getattr(cls.requires, "requirement", None)
+        if requirement:
+            backends.append(str(requirement).split(">")[0].split("=")[0].split("<")[0].strip())
+    for dist in ("lightning", *backends, "torchmetrics", "open_clip_torch", "lightning-dualtrack"):
         try:
             from importlib.metadata import version
 

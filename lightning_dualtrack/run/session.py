@@ -9,7 +9,7 @@ report; a later log call starts a new session of the same run (Lightning tests a
 
 The backend runs stay open between sessions (one W&B run for fit and test) until the run is over:
 :meth:`Run.release` -- ``end_run()``, the end of a ``with`` block, the logger object being garbage-collected
-(:meth:`Run.owner_gone`: a sweep drops each trial's logger), or the end of the process (:func:`_at_exit`).
+(:meth:`Run.owner_gone`: a sweep drops each trial's logger), or the end of the process (:func:`end_all_runs`).
 
 Once a second (a clock compare on the log path) :meth:`Run.check` looks after the run: the delivery service is
 alive (else restarted), the journal file still exists (a deleted run directory is re-made with everything
@@ -456,9 +456,10 @@ class Run:
             self.delivery.end_later(self.run_dir)
 
 
-def _at_exit() -> None:
-    """The end of the process: every run still open ends (a run whose training raised: ``failed``), then the
-    delivery service is told the process is exiting and the exit waits, bounded, for it to end the backend runs."""
+def end_all_runs() -> None:
+    """The end of the process (run at interpreter exit): every run still open ends (a run whose training raised:
+    ``failed``), then the delivery service is told the process is exiting and this waits, bounded, for it to end
+    the backend runs. After it, the next logger starts a new delivery service."""
     from lightning_dualtrack.run.compat import exit_status, hold_sigterm_in_spawned_worker
 
     service = client.current()
@@ -473,6 +474,7 @@ def _at_exit() -> None:
             print(f"[dualtrack] ending run {run.config.run_id} at exit failed: {type(err).__name__}: {err}", file=sys.stderr)
     if service is not None:
         service.shutdown()
+        client.forget(service)
 
 
-atexit.register(_at_exit)
+atexit.register(end_all_runs)

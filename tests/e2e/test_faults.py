@@ -66,7 +66,7 @@ def test_run_deleted_mid_run_is_blocked_not_rejected_and_sync_delivers_after_res
 
     def delete_at_step_10(t) -> None:
         if t.global_step >= 10 and not deleted:
-            rid = t.logger.mlflow_run_id  # once the shipper has created the run
+            rid = t.logger.mlflow_run_id  # once delivery has created the run
             if rid:
                 client.delete_run(rid)
                 deleted.append((rid, t.global_step))

@@ -155,7 +155,7 @@ def test_push_to_hub_after_end_run_uploads_but_does_not_reopen_the_run(mlflow_se
     assert url == "https://huggingface.co/me/har/commit/abc"
     assert fake_api.upload_folder.call_args.kwargs["folder_path"] == str(tracker.run_dir / "artifacts" / "hub")
     assert (tracker.run_dir / "artifacts" / "hub" / "model.safetensors").is_file()
-    assert tracker._run.journal is None and tracker._run.shipper is None  # no new session, no delivery process
+    assert tracker._run.journal is None and tracker._run.finalized  # no new session
     assert len(list(JournalReader(tracker.run_dir))) == records_before
     tracker._atexit()  # what interpreter exit would do: nothing, the run is ended
     (after,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])

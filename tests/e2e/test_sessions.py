@@ -104,7 +104,7 @@ def test_sigkill_of_the_training_process_after_finalize_finishes_the_held_wandb_
         proc.wait(10)
         killed_at = time.monotonic()
         while read_runs(run_dir, run_id).exit_code is None:
-            assert time.monotonic() - killed_at < 10, "the orphaned shipper did not finish the W&B run"
+            assert time.monotonic() - killed_at < 10, "the orphaned delivery process did not finish the W&B run"
             time.sleep(0.1)
         finished_after = time.monotonic() - killed_at
     finally:

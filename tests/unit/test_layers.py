@@ -34,7 +34,8 @@ def test_no_module_imports_itself_through_a_cycle() -> None:
 def test_sink_modules_import_their_backend_only_where_they_deliver() -> None:
     """Reading a sink's declarations (the logger's arguments, run.json, the CLI) imports neither mlflow nor wandb."""
     code = ("import sys; from lightning_dualtrack.sinks import sink_classes; from lightning_dualtrack.logger import "
-            "DualTrackLogger; [c.settings for c in sink_classes()]; print(sorted(m for m in ('mlflow', 'wandb') if m in sys.modules))")
+            "DualTrackLogger; [c.settings for c in sink_classes()]; "
+            "print(sorted(m for m in ('mlflow', 'wandb') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120).stdout
     assert out.strip() == "[]"
 

@@ -1,4 +1,4 @@
-"""The facade on its own (no shipper): what reaches the journal, policies, rank zero, pickling."""
+"""The facade on its own (no delivery): what reaches the journal, policies, rank zero, pickling."""
 
 from __future__ import annotations
 
@@ -349,7 +349,7 @@ print("RUN_DIR", logger.run_dir)
 @pytest.mark.timeout(180)
 def test_a_fit_imports_neither_mlflow_nor_wandb_on_the_training_side(mlflow_server, tmp_path) -> None:
     """HTTP tracking URI, checkpoints uploaded, callbacks that do not export models: the training process
-    never imports a backend (the shipper process does); and what it logged is in MLflow."""
+    never imports a backend (delivery process does); and what it logged is in MLflow."""
     import subprocess
     import sys
     from pathlib import Path

@@ -25,7 +25,7 @@ from tests.helpers import TinyModel
 
 Point = tuple[str, int, Any]
 _FLOAT_MAX = 1.7976931348623157e308
-# the shipper's own health figures: ``system/dualtrack/<sink>/...`` (``dualtrack/...`` before)
+# delivery.s own health figures: ``system/dualtrack/<sink>/...`` (``dualtrack/...`` before)
 _HEALTH_PREFIXES = ("system/dualtrack/", "dualtrack/")
 _W_INTERNAL = {"_step", "_runtime", "_timestamp", "_dualtrack_offset", "trainer/global_step"}
 
@@ -121,7 +121,7 @@ def journal_status(run_dir: Path) -> str | None:
 
 # -- MLflow ---------------------------------------------------------------------------------------
 def mlflow_points(tracking_uri: str, run_id: str, keys: Iterable[str] | None = None) -> Counter:
-    """Every stored metric point of the run (the shipper's own ``dualtrack/`` health metrics excluded)."""
+    """Every stored metric point of the run (delivery.s own ``dualtrack/`` health metrics excluded)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)

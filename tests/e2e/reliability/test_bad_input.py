@@ -1,6 +1,6 @@
 """Bad input, one test per row: what is stored in MLflow and W&B for each, and that nothing valid is lost.
 
-All rows are logged first (each into its own run, in non-strict mode, with no shipper), then delivered
+All rows are logged first (each into its own run, in non-strict mode, with no delivery), then delivered
 by one ``dualtrack sync`` over the save directory, then each row's test reads both backends back.
 The table in ``docs/reliability.md`` lists the same rows (a test below keeps the two in step); with
 ``DUALTRACK_RELIABILITY_REPORT=path`` the counts (logged / in MLflow / in W&B) are written to ``path``.
@@ -250,7 +250,7 @@ def _rename_vs_user_key(run: DualTrackLogger, e: Expect) -> None:
 def _check_reserved(result: dict) -> None:
     w = read_runs(result["run_dir"], result["run_id"])
     assert [row.get("trainer/global_step") for row in w.history if "ok" in row] == [4]  # the step, not the user's 99
-    assert {k for k in _mlflow_keys(result) if not k.startswith("system/dualtrack/")} == {"ok"}  # the shipper adds its own health metrics
+    assert {k for k in _mlflow_keys(result) if not k.startswith("system/dualtrack/")} == {"ok"}  # delivery adds its own health metrics
 
 
 def _mlflow_keys(result: dict) -> set[str]:

@@ -65,7 +65,7 @@ def lock_free(run_dir: Path) -> bool:
     """Whether no process holds the run's delivery lock (``dualtrack sync`` would refuse to start)."""
     import fcntl
 
-    fd = os.open(run_dir / "state" / "shipper.lock", os.O_RDWR)
+    fd = os.open(run_dir / "state" / "delivery.lock", os.O_RDWR)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return True
@@ -82,9 +82,9 @@ def wandb_acked(run_dir: Path) -> int:
         return 0
 
 
-def shipper_pid(run_dir: Path) -> int | None:
+def delivery_pid(run_dir: Path) -> int | None:
     try:
-        return int((run_dir / "state" / "shipper.lock").read_text().strip())
+        return int((run_dir / "state" / "delivery.lock").read_text().strip())
     except (FileNotFoundError, ValueError):
         return None
 
@@ -113,7 +113,7 @@ def sync(run_dir: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("killed", ["trainer", "trainer-and-shipper"])
+@pytest.mark.parametrize("killed", ["trainer", "trainer-and-delivery"])
 def test_sigkill_mid_run_then_sync_delivers_every_point(killed, mlflow_server, tmp_path, subprocess_env) -> None:
     flush_interval = 0.5
     proc, ledger, info = start_script(tmp_path, subprocess_env, mlflow_server.url, "--flush-interval", str(flush_interval))
@@ -121,21 +121,21 @@ def test_sigkill_mid_run_then_sync_delivers_every_point(killed, mlflow_server, t
         wait_for(lambda: info.exists() and steps_logged(ledger) >= 40, 90, "40 training steps")
         run = json.loads(info.read_text())
         run_dir = Path(run["run_dir"])
-        shipper = shipper_pid(run_dir)
-        if killed == "trainer-and-shipper":
+        delivery = delivery_pid(run_dir)
+        if killed == "trainer-and-delivery":
             wait_for(lambda: wandb_acked(run_dir), 60, "W&B to receive rows")
-            # the whole machine goes down, say, while W&B's writer (wandb-core, a child of the shipper)
-            # still holds rows the shipper has handed over and acknowledged: freeze the writer first
+            # the whole machine goes down, say, while W&B's writer (wandb-core, a child of the delivery process)
+            # still holds rows delivery has handed over and acknowledged: freeze the writer first
             import psutil
 
-            writers = psutil.Process(shipper).children(recursive=True)
+            writers = psutil.Process(delivery).children(recursive=True)
             for w in writers:
                 w.suspend()
-            time.sleep(1.5)  # the shipper hands over and acknowledges more rows meanwhile
+            time.sleep(1.5)  # delivery hands over and acknowledges more rows meanwhile
         killed_at = time.time()
         proc.kill()
-        if killed == "trainer-and-shipper":
-            os.kill(shipper, signal.SIGKILL)
+        if killed == "trainer-and-delivery":
+            os.kill(delivery, signal.SIGKILL)
             for w in writers:
                 w.kill()
         proc.wait(10)
@@ -143,8 +143,8 @@ def test_sigkill_mid_run_then_sync_delivers_every_point(killed, mlflow_server, t
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
-    # the shipper outlives its parent and finishes by itself; wait for it so that sync does not race it
-    wait_for(lambda: lock_free(run_dir), 90, "the orphaned shipper to finish")
+    # delivery outlives its parent and finishes by itself; wait for it so that sync does not race it
+    wait_for(lambda: lock_free(run_dir), 90, "the orphaned delivery process to finish")
     with open(run_dir / "journal.jsonl", "ab") as fh:  # a write torn by the crash
         fh.write(b'{"k":"metrics","t":1,"s":123456,"v":{"m0":0.')
 
@@ -249,7 +249,7 @@ def test_mlflow_hanging_during_finalize_does_not_stop_wandb_or_other_loggers(mlf
 
         def black_hole_at_the_end(t) -> None:  # noqa: ANN001
             if t.global_step == 20:
-                time.sleep(1.0)  # let the shipper catch up, then MLflow stops answering
+                time.sleep(1.0)  # let delivery catch up, then MLflow stops answering
                 proxy.mode = HANG
 
         logger = _logger(tmp_path, proxy.url, finalize_timeout=finalize_timeout)

@@ -1,6 +1,6 @@
 """DDP on CPU (2 processes, gloo, ``ddp_spawn``: the logger is pickled into each process).
 
-Rank 0 records the run; other ranks are no-ops: no journal, no shipper, no backend call. The result is
+Rank 0 records the run; other ranks are no-ops: no journal, no delivery, no backend call. The result is
 one MLflow run and one W&B run holding rank 0's points exactly once.
 """
 

@@ -170,7 +170,7 @@ from lightning_dualtrack import DualTrackLogger
 uri, save_dir = sys.argv[1], sys.argv[2]
 logger = DualTrackLogger(experiment_name="full-disk-payloads", tracking_uri=uri, wandb_mode="offline", save_dir=save_dir,
                          flush_interval=0.2, log_system_info=False, finalize_timeout=60)
-logger.start_run()  # the shipper is running: the limit below is this process's only
+logger.start_run()  # delivery is running: the limit below is this process's only
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (150_000, resource.RLIM_INFINITY))  # no file may grow past 150 kB: EFBIG
 rng = np.random.default_rng(0)

@@ -91,7 +91,7 @@ def test_black_holed_server_costs_nothing_and_sync_delivers_exactly_once(tmp_pat
     with BlackHole(port) as hole:
         logger = make_logger(tmp_path, hole.url, finalize_timeout=finalize_timeout)
         trainer(logger, max_steps=30).fit(model, loaders()[0])
-        assert hole.accepted > 0, "the shipper never reached the black hole"
+        assert hole.accepted > 0, "delivery never reached the black hole"
     assert max(logger.call_seconds) < LOG_CALL_BOUND_S, f"slowest log call {max(logger.call_seconds):.3f} s"
     assert max(logger.finalize_seconds) < finalize_timeout + 2.0
     # the tail is in the journal, pending for MLflow; W&B is unaffected

@@ -1,7 +1,7 @@
 """W&B cannot start in online mode: no credentials, or no network. Training never waits for it.
 
 Documented fallback (non-strict): the W&B sink records the run offline (upload it later with
-``wandb sync``) and says so in ``shipper.log``; MLflow is unaffected. Strict mode: a clear error at
+``wandb sync``) and says so in ``delivery.log``; MLflow is unaffected. Strict mode: a clear error at
 start instead. wandb 0.31 refuses an offline ``init`` in the same process after a failed online one
 ("run ID ... is in use", wandb #9865): the sink tears the W&B service down between the two.
 """
@@ -41,7 +41,7 @@ def _check_fell_back_offline(logger: TimedLogger, model: LedgerModel, mlflow_ser
     assert max(logger.call_seconds) < 0.05
     report = logger.last_report
     assert report["wandb"].get("closed") and report["wandb"]["identity"]["mode"] == "offline", report["wandb"]
-    assert "recording offline" in (logger.run_dir / "shipper.log").read_text()
+    assert "recording offline" in (logger.run_dir / "delivery.log").read_text()
     assert_delivered(logger.run_dir, logger.run_id, mlflow_server.url, model.ledger)
     assert wandb_rows(logger.run_dir, logger.run_id), "no W&B rows"
     assert MlflowClient(mlflow_server.url).get_run(mlflow_run_id(logger.run_dir)).info.status == "FINISHED"

@@ -30,7 +30,7 @@ class WriteInfo(Callback):
         logger = trainer.logger
         Path(self.path).write_text(json.dumps({"run_dir": str(logger.run_dir), "run_id": logger.run_id}))
         if self.fsize_limit is not None:
-            # a full disk for this process only (its shipper started already): writes past the limit fail
+            # a full disk for this process only (its delivery service started already): writes past the limit fail
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
             journal = logger.run_dir / "journal.jsonl"
             limit = journal.stat().st_size + self.fsize_limit
