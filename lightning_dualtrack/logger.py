@@ -94,6 +94,9 @@ class DualTrackLogger(MediaLogging, ModelLogging, Logger):
             log_system_info=log_system_info, deliver=deliver,
         )  # fmt: skip
         self._run = Run(self._config)
+        for backend in self._config.backends.values():
+            for message in backend.warnings:  # a value a backend would refuse: what was done instead
+                self._run.messages.fail(message)
         self._figure_counts: dict[str, int] = {}
         self._watcher: compat.Watcher | None = None
         # the run ends when this object is gone (a sweep drops each trial's logger); not at exit: the run's own

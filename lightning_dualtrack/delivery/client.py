@@ -158,7 +158,7 @@ class DeliveryService:
             self._pending.append((json.dumps({"op": "end", "run_dir": run_dir}) + "\n").encode("utf-8"))
 
     def _flush(self) -> None:
-        while self._pending and self.proc is not None and self.proc.stdin is not None:
+        while self._pending and self.proc is not None and self.proc.stdin is not None and not self.proc.stdin.closed:
             data = self._pending[0]
             try:
                 written = os.write(self.proc.stdin.fileno(), data)

@@ -60,6 +60,7 @@ class BackendConfig:
     secrets: dict[str, str] = field(default_factory=dict)
     off: str | None = None  # asked for, but turned off (by the environment), and why
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def section(self) -> dict[str, Any]:
         """Its section of ``run.json``."""
@@ -172,7 +173,8 @@ def resolve_backends(given: Mapping[str, Any], common: Mapping[str, Any]) -> dic
             continue
         resolved = cls.resolve({s.key: given.get(s.arg) for s in cls.settings}, common)
         out[cls.name] = BackendConfig(cls.name, cls, enabled=resolved.off is None, settings=resolved.settings,
-                                      secrets=resolved.secrets, off=resolved.off, notes=resolved.notes)
+                                      secrets=resolved.secrets, off=resolved.off, notes=resolved.notes,
+                                      warnings=resolved.warnings)
     return out
 
 

@@ -61,13 +61,16 @@ class Resolved:
     """A backend's settings for one run, resolved from the logger's arguments and the environment.
 
     ``settings`` go to ``run.json``; ``secrets`` (credentials) only to the delivery process's memory; ``off`` says
-    why the backend is off although it was asked for (``WANDB_MODE=disabled``); ``notes`` are said once at start.
+    why the backend is off although it was asked for (``WANDB_MODE=disabled``); ``notes`` are said once at start;
+    ``warnings`` say what was done with a value the backend would refuse (a ``DualTrackWarning`` when the logger is
+    built; strict mode: a ``ValueError``).
     """
 
     settings: dict[str, Any] = field(default_factory=dict)
     secrets: dict[str, str] = field(default_factory=dict)
     off: str | None = None
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 class ResponseTimes:

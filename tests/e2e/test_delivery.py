@@ -144,7 +144,9 @@ def test_mlflow_down_from_the_start_then_sync_delivers_exactly_once(tmp_path) ->
 
 def test_embedded_sqlite_default(tmp_path, monkeypatch) -> None:
     logger = DualTrackLogger(experiment_name="embedded", wandb=False, save_dir=tmp_path / "runs")
-    assert logger.tracking_uri == "sqlite:///mlflow.db"
+    # the default, sqlite:///mlflow.db in the working directory, made absolute: delivery and a later `dualtrack sync`
+    # from another directory find the same database
+    assert logger.tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
     with logger:
         logger.log_metrics({"x": 1.0}, step=0)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")  # absolute: MLflow caches stores per URI

@@ -157,7 +157,9 @@ def test_push_to_hub_after_end_run_uploads_but_does_not_reopen_the_run(mlflow_se
     assert (tracker.run_dir / "artifacts" / "hub" / "model.safetensors").is_file()
     assert tracker._run.journal is None and tracker._run.finalized  # no new session
     assert len(list(JournalReader(tracker.run_dir))) == records_before
-    tracker._atexit()  # what interpreter exit would do: nothing, the run is ended
+    from lightning_dualtrack.run.session import end_all_runs
+
+    end_all_runs()  # what interpreter exit does: nothing for this run, it is ended
     (after,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
     expected = "FINISHED" if status == "success" else "FAILED"
     assert (after.info.status, after.info.end_time) == (expected, before.info.end_time) and before.info.status == expected

@@ -297,19 +297,19 @@ def test_mlflow_models_serve_answers_an_image_over_http(exported_run, tmp_path):
         log.close()
 
 
-def _readme_python_blocks(section: str) -> list[str]:
+def _doc_python_blocks() -> list[str]:
     from pathlib import Path
 
-    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    body = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
-    return [block.split("```", 1)[0] for block in body.split("```python\n")[1:]]
+    text = (Path(__file__).resolve().parents[2] / "docs" / "models.md").read_text()
+    return [block.split("```", 1)[0] for block in text.split("```python\n")[1:]]
 
 
 @pytest.mark.slow
-def test_readme_use_the_trained_model_snippets_run(exported_run, monkeypatch, capsys):
+def test_the_use_the_trained_model_snippets_run(exported_run, monkeypatch, capsys):
+    """docs/models.md's snippets, as written (but for the server's address and the model's name)."""
     from PIL import Image
 
-    blocks = _readme_python_blocks("Use the trained model")
+    blocks = _doc_python_blocks()
     assert len(blocks) == 3  # pyfunc, .pt2, ONNX Runtime
     logger = exported_run["logger"]
     monkeypatch.chdir(logger.run_dir)  # "from the run directory"
@@ -320,7 +320,7 @@ def test_readme_use_the_trained_model_snippets_run(exported_run, monkeypatch, ca
     for block in blocks:
         code = block.replace("http://127.0.0.1:5000", exported_run["server"].url)
         code = code.replace("clip_har_quickstart", "clip_har_export_test")
-        exec(compile(code, "README.md", "exec"), namespace)
+        exec(compile(code, "docs/models.md", "exec"), namespace)
     printed = capsys.readouterr().out.strip().splitlines()
     x = exported_run["model"].eval_transform(Image.open("photo.jpg")).unsqueeze(0)
     with torch.no_grad():

@@ -28,7 +28,7 @@ import pytest
 from lightning_dualtrack import DualTrackLogger, DualTrackWarning
 from lightning_dualtrack.cli import main as dualtrack
 from tests.e2e.reliability.faults import BlackHole
-from tests.e2e.reliability.ledger import LedgerModel, assert_delivered, journal_points, wandb_points
+from tests.e2e.reliability.ledger import Every, LedgerModel, assert_delivered, journal_points, wandb_points
 from tests.helpers import loaders, trainer
 
 pytestmark = [pytest.mark.slow]
@@ -75,7 +75,7 @@ def test_a_run_directory_deleted_mid_run_is_made_again_and_every_record_reaches_
     logger = DualTrackLogger(experiment_name="promises", tracking_uri=mlflow_server.url, wandb_mode="offline",
                              save_dir=tmp_path / "runs", flush_interval=0.2, finalize_timeout=60, log_system_info=False)
     with pytest.warns(DualTrackWarning, match="was deleted while the run was going on") as caught:
-        trainer(logger, max_steps=80).fit(model, loaders()[0])
+        trainer(logger, max_steps=80, callbacks=[Every(remove_at_step_30)]).fit(model, loaders()[0])
     logger.end_run()
     assert removed
     message = next(str(w.message) for w in caught if "was deleted" in str(w.message))
@@ -103,7 +103,7 @@ def test_a_name_wandb_refuses_is_fixed_up_with_a_warning_and_delivered(mlflow_se
     assert sum(wandb_points(run.run_dir, run.run_id).values()) == 5
     from tests.helpers import wandb_run
 
-    assert wandb_run(run.run_dir, run.run_id).run.get("project") == "team-har"
+    assert wandb_run(run.run_dir, run.run_id).project == "team-har"
     from mlflow.tracking import MlflowClient
 
     assert MlflowClient(mlflow_server.url).get_experiment_by_name("team/har") is not None  # MLflow allows '/'
@@ -122,7 +122,7 @@ def test_a_setting_wandb_refuses_by_its_rules_is_permanent_not_retried() -> None
 
 # 4 -------------------------------------------------------------------------------------------------------------
 def test_a_backend_turned_off_by_the_environment_is_said_at_start_in_the_report_and_in_status(
-        mlflow_server, tmp_path, monkeypatch, capfd, capsys) -> None:
+        mlflow_server, tmp_path, monkeypatch, capfd) -> None:
     monkeypatch.setenv("WANDB_MODE", "disabled")
     with DualTrackLogger(experiment_name="promises", tracking_uri=mlflow_server.url, save_dir=tmp_path / "runs",
                          log_system_info=False) as run:
@@ -131,7 +131,7 @@ def test_a_backend_turned_off_by_the_environment_is_said_at_start_in_the_report_
     assert "W&B: off (WANDB_MODE=disabled): nothing will be sent to it" in err
     assert "wandb: off (WANDB_MODE=disabled): nothing was sent to it" in err  # the final report
     assert dualtrack(["status", str(run.run_dir)]) == 0
-    assert "wandb   off (WANDB_MODE=disabled)" in capsys.readouterr().out
+    assert "wandb   off (WANDB_MODE=disabled)" in capfd.readouterr().out
     assert not (run.run_dir / "wandb").exists()
 
 
@@ -210,45 +210,42 @@ def test_two_trainings_started_at_once_on_a_fresh_embedded_store_both_deliver(tm
 
 
 def test_a_half_migrated_store_is_named_with_the_exact_repair(tmp_path) -> None:
-    from lightning_dualtrack.core.errors import BlockedError
-    from lightning_dualtrack.sinks.mlflow import store
+    """What two concurrent migrators (or one stopped half way) leave: a store one revision before a batch migration
+    of ``tags`` with alembic's copy ``_alembic_tmp_tags`` still there; every open then fails with "table
+    _alembic_tmp_tags already exists"."""
+    import sqlalchemy
+    from alembic import command
+    from alembic.script import ScriptDirectory
+    from mlflow.store.db.utils import _get_alembic_config
+    from mlflow.store.tracking.dbmodels.initial_models import Base as InitialBase
 
     db = tmp_path / "mlflow.db"
     uri = f"sqlite:///{db}"
-    store.open_store(uri)  # a proper store at the head revision
-    with sqlite3.connect(db) as con:  # what a migration stopped half way leaves: its copy of `tags`, an older version
-        head = con.execute("SELECT version_num FROM alembic_version").fetchone()[0]
+    engine = sqlalchemy.create_engine(uri)
+    InitialBase.metadata.create_all(engine)
+    batch_of_tags = "f5a4f2784254"  # increase_run_tag_value_limit: a batch_alter_table("tags") migration
+    before = ScriptDirectory.from_config(_get_alembic_config(db_url="")).get_revision(batch_of_tags).down_revision
+    with engine.begin() as conn:
+        config = _get_alembic_config(str(engine.url))
+        config.attributes["connection"] = conn
+        command.upgrade(config, before)
+    engine.dispose()
+    with sqlite3.connect(db) as con:
         con.execute("CREATE TABLE _alembic_tmp_tags AS SELECT * FROM tags")
-        con.execute("UPDATE alembic_version SET version_num = ?", (_revision_before(head),))
-    store._opened.clear()
-    from mlflow.tracking._tracking_service import utils
-
-    utils._get_store.cache_clear() if hasattr(utils._get_store, "cache_clear") else None
-    for fn in vars(utils).values():  # MLflow caches stores per URI: a fresh open, as in a new process
-        if hasattr(fn, "cache_clear"):
-            fn.cache_clear()
-    with pytest.raises(BlockedError) as raised:
-        store.open_store(uri)
-    err = raised.value
-    assert "half-migrated" in str(err) and "_alembic_tmp_tags" in str(err)
-    assert f'sqlite3 {db} "DROP TABLE _alembic_tmp_tags;"' in err.action and f"mlflow db upgrade {uri}" in err.action
+    probe = ("import sys; from lightning_dualtrack.sinks.mlflow.store import open_store\n"
+             "try:\n    open_store(sys.argv[1])\nexcept Exception as err:\n"
+             "    print(type(err).__name__); print(err); print(getattr(err, 'action', ''))\nelse:\n    print('opened')")
+    out = subprocess.run([sys.executable, "-c", probe, uri], capture_output=True, text=True, timeout=300, env=_env()).stdout
+    kind, message, action = out.strip().splitlines()[:3]  # a new process: nothing of MLflow cached
+    assert kind == "BlockedError", out
+    assert "half-migrated" in message and "_alembic_tmp_tags" in message
+    assert f'sqlite3 {db} "DROP TABLE _alembic_tmp_tags;"' in action and f"mlflow db upgrade {uri}" in action
     # the repair works as written
     with sqlite3.connect(db) as con:
         con.execute("DROP TABLE _alembic_tmp_tags")
     subprocess.run([sys.executable, "-m", "mlflow", "db", "upgrade", uri], check=True, capture_output=True, timeout=300)
-    store._opened.clear()
-    store.open_store(uri)
-
-
-def _revision_before(head: str) -> str:
-    """The revision whose upgrade leads to ``head`` (MLflow's migration scripts)."""
-    from alembic.script import ScriptDirectory
-    from mlflow.store.db.utils import _get_alembic_config
-
-    script = ScriptDirectory.from_config(_get_alembic_config(db_url=""))
-    rev = script.get_revision(head)
-    down = rev.down_revision
-    return down[0] if isinstance(down, tuple) else down
+    out = subprocess.run([sys.executable, "-c", probe, uri], capture_output=True, text=True, timeout=300, env=_env()).stdout
+    assert out.strip() == "opened", out
 
 
 def test_the_report_of_a_run_whose_wandb_settings_cannot_work_does_not_promise_a_sync(tmp_path) -> None:

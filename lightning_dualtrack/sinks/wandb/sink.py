@@ -150,8 +150,8 @@ class WandbSink(Sink):
         project = str(out.settings.get("project") or common.get("experiment_name") or "lightning_dualtrack")
         fixed, why = valid_project(project)
         if why:
-            out.notes.append(f"W&B project {project!r} is not allowed ({why}); using {fixed!r} "
-                             "(pass wandb_project= to choose another)")
+            out.warnings.append(f"W&B project {project!r} is not allowed ({why}); using {fixed!r} "
+                                "(pass wandb_project= to choose another)")
         out.settings["project"] = fixed
         out.notes.append(f"W&B mode: {mode} ({reason})")
         return out

@@ -112,7 +112,7 @@ def test_unwritable_save_dir_falls_back_with_a_loud_warning(unwritable_save_dir,
         assert not logger.run_dir.is_relative_to(unwritable_save_dir.parent)
         assert_delivered(logger.run_dir, logger.run_id, mlflow_server.url, model.ledger)
     finally:
-        if logger._run_dir is not None and not logger.run_dir.is_relative_to(tmp_path):
+        if logger._run.run_dir is not None and not logger.run_dir.is_relative_to(tmp_path):
             shutil.rmtree(logger.run_dir, ignore_errors=True)  # the fallback is in the system's temp dir
 
 
