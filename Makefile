@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 PYTEST_ARGS ?=
 
-.PHONY: quickstart test test-fast test-reliability lint bench clean
+.PHONY: quickstart test test-unit test-reliability lint bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -26,17 +26,19 @@ quickstart: $(VENV)/.installed-runtime
 	$(VENV)/bin/dualtrack fit --config recipes/quickstart.yaml --test_after_fit true
 	@echo; echo "Where to look:"; $(VENV)/bin/dualtrack status --latest dualtrack_runs
 
+# every tier (tests/unit, tests/contract, tests/e2e) in parallel, one worker per core; the slowest 25 are printed
 test: $(VENV)/.installed-dev
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n auto $(PYTEST_ARGS)
+
+test-unit: $(VENV)/.installed-dev
+	$(PY) -m pytest -n auto tests/unit $(PYTEST_ARGS)
 
 test-reliability: $(VENV)/.installed-dev
-	$(PY) -m pytest -m reliability $(PYTEST_ARGS)
-
-test-fast: $(VENV)/.installed-dev
-	$(PY) -m pytest -m "not slow and not reliability" $(PYTEST_ARGS)
+	$(PY) -m pytest -n auto -m reliability $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check lightning_dualtrack tests benchmarks
+	$(VENV)/bin/lint-imports
 
 bench: $(VENV)/.installed-dev
 	$(PY) benchmarks/logger_overhead.py
