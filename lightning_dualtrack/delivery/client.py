@@ -49,13 +49,13 @@ def service_env() -> dict[str, str]:
     return env
 
 
-def service(warn: Callable[[str], None]) -> DeliveryService:
-    """This process's delivery service, started on the first call; the end of the process calls
-    :meth:`DeliveryService.shutdown` after the runs have ended (``run.session``'s exit handler)."""
+def service(warn: Callable[[str], None], warm: Sequence[str] = ()) -> DeliveryService:
+    """This process's delivery service, started on the first call (warming up the backends in ``warm``); the end of
+    the process calls :meth:`DeliveryService.shutdown` after the runs have ended (``run.session``'s exit handler)."""
     global _SERVICE
     with _SERVICE_LOCK:
         if _SERVICE is None or _SERVICE.owner != os.getpid():
-            _SERVICE = DeliveryService(warn)
+            _SERVICE = DeliveryService(warn, warm)
             _SERVICE.start()
         return _SERVICE
 
@@ -91,7 +91,8 @@ if hasattr(os, "register_at_fork"):
 class DeliveryService:
     """The delivery service process of this training process (see :mod:`lightning_dualtrack.delivery.service`)."""
 
-    def __init__(self, warn: Callable[[str], None]) -> None:
+    def __init__(self, warn: Callable[[str], None], warm: Sequence[str] = ()) -> None:
+        self.warm = list(warm)
         # what the service itself prints (a crash, a give-up); each run's delivery messages are in its delivery.log.
         # Removed at a clean end; named by the warning when the service dies.
         self.log_path = Path(tempfile.gettempdir()) / "dualtrack-delivery" / f"{os.getpid()}.log"
@@ -116,7 +117,8 @@ class DeliveryService:
             log = subprocess.DEVNULL
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "lightning_dualtrack.delivery", "--parent-pid", str(os.getpid()), "--idle"],
+                [sys.executable, "-m", "lightning_dualtrack.delivery", "--parent-pid", str(os.getpid()), "--idle",
+                 "--warm", ",".join(self.warm)],
                 stdin=subprocess.PIPE,
                 stdout=log,
                 stderr=log,

@@ -78,7 +78,8 @@ def end_idle_priority() -> None:
 
 
 def start_idle() -> bool:
-    """Run this process (and the children it starts) under ``SCHED_IDLE``; False where that is not possible."""
+    """Run this process -- every thread it has, its children (wandb-core) and what they start later -- under
+    ``SCHED_IDLE``; False where that is not possible."""
     if not hasattr(os, "sched_setscheduler") or not hasattr(os, "SCHED_IDLE"):
         return False
     try:
@@ -86,6 +87,7 @@ def start_idle() -> bool:
     except OSError:
         return False
     mark_started_idle()
+    idle_priority_again()
     return True
 
 

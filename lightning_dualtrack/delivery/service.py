@@ -194,9 +194,15 @@ class Service:
             for delivery in self.runs.values():
                 delivery.stop.set()
 
-    def run(self, stream: Any) -> None:
+    def run(self, stream: Any, warm: list[str] = (), idle: bool = False) -> None:
         reader = threading.Thread(target=self.read_commands, args=(stream,), name="dualtrack-commands", daemon=True)
         reader.start()
+        _warm_up(warm)
+        if idle and not start_idle():
+            try:
+                os.nice(19)
+            except OSError:
+                pass
         while self.tick():
             time.sleep(_TICK_S)
         # stopping: the workers check `stop` between requests; one stuck in a network call is left behind
@@ -209,20 +215,29 @@ class Service:
                 w.join(timeout=max(0.0, end - time.monotonic()))
 
 
+def _warm_up(names: list[str]) -> None:
+    """Each backend the first run uses imports its library and starts what it starts, at normal priority: this
+    overlaps the model's setup in the training process, and the first run's backends open without waiting."""
+    from lightning_dualtrack.sinks import sink_class
+
+    for name in names:
+        try:
+            sink_class(name).warm_up()
+        except Exception as err:  # noqa: BLE001 - the run's own open says what is wrong, in its delivery.log
+            print(f"[dualtrack] delivery service: warming up {name} failed: {type(err).__name__}: {err}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lightning_dualtrack.delivery")
     parser.add_argument("--parent-pid", type=int, default=None)
-    parser.add_argument("--idle", action="store_true", help="run only on CPU time nobody else wants (SCHED_IDLE)")
+    parser.add_argument("--idle", action="store_true",
+                        help="after warming up, run only on CPU time nobody else wants (SCHED_IDLE)")
+    parser.add_argument("--warm", default="", help="comma-separated backends to warm up at start")
     args = parser.parse_args(argv)
-    if args.idle and not start_idle():
-        try:
-            os.nice(19)
-        except OSError:
-            pass
     service = Service(args.parent_pid)
     signal.signal(signal.SIGTERM, lambda *_: service.stop_all())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the training process; we deliver what it logged
-    service.run(sys.stdin)
+    service.run(sys.stdin, warm=[n for n in args.warm.split(",") if n], idle=args.idle)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)  # do not wait for threads stuck in a network call

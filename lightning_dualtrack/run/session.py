@@ -103,7 +103,7 @@ class Run:
         model's setup); nothing to do without backends, with ``deliver=False`` or when it already runs."""
         if self.config.deliver and self.config.sinks and self.delivery is None:
             try:
-                self.delivery = client.service(self.messages.warn)
+                self.delivery = client.service(self.messages.warn, warm=self.config.sinks)
             except OSError as err:
                 self.messages.fail(f"cannot start the delivery process ({err}); deliver later with `dualtrack sync RUN_DIR`")
 

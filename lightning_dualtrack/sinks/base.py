@@ -189,6 +189,11 @@ class Sink:
         return out
 
     @classmethod
+    def warm_up(cls) -> None:
+        """Called once when the delivery service starts (at normal priority, while the model is being set up):
+        import the backend's library and start what it starts, so that the first run opens without waiting."""
+
+    @classmethod
     def classify(cls, err: BaseException) -> DeliveryError | None:
         """What one of the backend's own exceptions means (None: not one of them; the generic rules apply)."""
         return None

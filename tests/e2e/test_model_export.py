@@ -318,7 +318,7 @@ def test_the_use_the_trained_model_snippets_run(exported_run, monkeypatch, capsy
     names = exported_run["model"].class_names
     namespace: dict = {}
     for block in blocks:
-        code = block.replace("http://127.0.0.1:5000", exported_run["server"].url)
+        code = block.replace("sqlite:///mlflow.db", exported_run["server"].url).replace("http://127.0.0.1:5000", exported_run["server"].url)
         code = code.replace("clip_har_quickstart", "clip_har_export_test")
         exec(compile(code, "docs/models.md", "exec"), namespace)
     printed = capsys.readouterr().out.strip().splitlines()

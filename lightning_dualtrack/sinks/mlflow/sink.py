@@ -128,6 +128,10 @@ class MlflowSink(Sink):
         return out
 
     @classmethod
+    def warm_up(cls) -> None:
+        import requests  # noqa: F401 - the REST client's library (mlflow itself is imported only for other stores)
+
+    @classmethod
     def classify(cls, err: BaseException) -> DeliveryError | None:
         return classify_mlflow(err)
 

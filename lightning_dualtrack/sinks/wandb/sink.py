@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Literal
-
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, Literal
 
 from lightning_dualtrack.core.errors import DeliveryError, PermanentError, TransientError
 from lightning_dualtrack.core.imports import _WANDB_AVAILABLE
@@ -155,6 +154,14 @@ class WandbSink(Sink):
         out.settings["project"] = fixed
         out.notes.append(f"W&B mode: {mode} ({reason})")
         return out
+
+    @classmethod
+    def warm_up(cls) -> None:
+        """``import wandb`` (~1 s of CPU) and start this process's ``wandb-core``, before the first run needs them."""
+        _quiet_env()
+        import wandb
+
+        wandb.setup()
 
     @classmethod
     def classify(cls, err: BaseException) -> DeliveryError | None:
