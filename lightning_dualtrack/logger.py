@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import sys
 import weakref
 from argparse import Namespace
 from collections.abc import Mapping
@@ -31,17 +32,20 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from lightning_dualtrack.core.journal import JournalWriter
 from lightning_dualtrack.core.messages import DualTrackWarning
 from lightning_dualtrack.core.values import short
-from lightning_dualtrack.run import compat
+from lightning_dualtrack.run import compat, jobs
 from lightning_dualtrack.run.compat import wait_for_identity
 from lightning_dualtrack.run.config import backend_docs, backend_parameters, new_run_id, resolve_config
+from lightning_dualtrack.run.family import parent_relation
+from lightning_dualtrack.run.family_api import FamilyLogging
 from lightning_dualtrack.run.media_api import MediaLogging
 from lightning_dualtrack.run.model_api import ModelLogging
+from lightning_dualtrack.run.resume import resume_target
 from lightning_dualtrack.run.session import Run
 
 __all__ = ["DualTrackLogger", "DualTrackWarning", "create_tracker", "new_run_id"]
 
 
-class DualTrackLogger(MediaLogging, ModelLogging, Logger):
+class DualTrackLogger(MediaLogging, ModelLogging, FamilyLogging, Logger):
     """Log to MLflow and Weights & Biases (and any other registered backend) at once, without slowing training or
     losing data.
 
@@ -63,6 +67,10 @@ class DualTrackLogger(MediaLogging, ModelLogging, Logger):
         log_system_info: journal the command line, versions, devices and the package list at the start.
         deliver: deliver in the background (the process's delivery service); False: journal only, deliver
             later with ``dualtrack sync``.
+        resume_from: a checkpoint this logger's run wrote: continue that run (see docs/training-life.md).
+        resume_job: in a job its scheduler restarts (SLURM requeue, torchelastic), continue the run the job's
+            earlier process made; False: a new run each time.
+        parent: a parent logger (or its run directory): this run is its child (see :meth:`child`).
 {backends}
     """
 
@@ -82,17 +90,35 @@ class DualTrackLogger(MediaLogging, ModelLogging, Logger):
         finalize_timeout: float = 30.0,
         log_system_info: bool = True,
         deliver: bool = True,
+        resume_from: str | os.PathLike | None = None,
+        resume_job: bool = True,
+        parent: Any = None,
         **backends: Any,
     ) -> None:
         super().__init__()
         if experiment_name is None:  # MLflow's own variable, like MLFlowLogger; then the package default
             experiment_name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or "lightning_dualtrack"
         self._prefix = str(prefix or "")
+        # what a child run is made with (``child``): every setting of this logger but its run's identity
+        self._inherited = dict(experiment_name=experiment_name, prefix=prefix, save_dir=save_dir, log_model=log_model,
+                               flush_interval=flush_interval, strict=strict, finalize_timeout=finalize_timeout,
+                               log_system_info=log_system_info, deliver=deliver, resume_job=resume_job, **backends)
+        explicit = run_id is not None or resume
+        resumed_note = None
+        if resume_from is not None:
+            run_id, save_dir, resumed_note = resume_target(save_dir, resume_from, run_id, strict)
+            explicit = explicit or run_id is not None
         self._config = resolve_config(
             experiment_name, run_name, tags, backends=backends, save_dir=save_dir, log_model=log_model, run_id=run_id,
             resume=resume, flush_interval=flush_interval, strict=strict, finalize_timeout=finalize_timeout,
             log_system_info=log_system_info, deliver=deliver,
         )  # fmt: skip
+        if parent is not None:
+            self._config.relations["parent"] = parent_relation(parent)
+        if not explicit and resume_job and rank_zero_only.rank == 0:
+            self._continue_job()
+        if resumed_note and rank_zero_only.rank == 0:
+            print(f"[dualtrack] {resumed_note}", file=sys.stderr)
         self._run = Run(self._config)
         for backend in self._config.backends.values():
             for message in backend.warnings:  # a value a backend would refuse: what was done instead
@@ -208,7 +234,9 @@ class DualTrackLogger(MediaLogging, ModelLogging, Logger):
 
     @rank_zero_only
     def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
-        """With ``log_model="all"`` upload each new checkpoint; with True, the best and last at the end."""
+        """Note the checkpoint in the checkpoint index (``resume_from``); with ``log_model="all"`` upload each new
+        checkpoint, with True the best and last at the end."""
+        self._run.note_checkpoint(checkpoint_callback)
         if not self._config.log_model:
             return
         if self._config.log_model == "all" or getattr(checkpoint_callback, "save_top_k", None) == -1:
@@ -227,7 +255,11 @@ class DualTrackLogger(MediaLogging, ModelLogging, Logger):
         return self
 
     def end_run(self, status: str = "success") -> None:
-        """End the run in both backends now (after Lightning's ``finalize`` the W&B run stays open for a next stage)."""
+        """End the run in both backends now (after Lightning's ``finalize`` the W&B run stays open for a next stage).
+
+        ``status``: ``success``, ``failed``, ``aborted`` or ``pruned`` (a trial a sweep stopped early: MLflow
+        ``KILLED`` and the tag ``dualtrack.status=pruned``, W&B exit code 255 and config ``dualtrack/status``). A
+        run whose session already ended with success is given the new status by a short session of its own."""
         self._run.ending = True
         try:
             self.finalize(status)
@@ -242,6 +274,8 @@ class DualTrackLogger(MediaLogging, ModelLogging, Logger):
             status = "success"
         elif issubclass(exc_type, KeyboardInterrupt):
             status = "aborted"
+        elif compat.is_pruned(exc):
+            status = "pruned"
         else:
             status = "failed"
         self.end_run(status)
@@ -260,6 +294,22 @@ class DualTrackLogger(MediaLogging, ModelLogging, Logger):
         self._guarded("set_tags", self._run.set_tags, tags)
 
     # -- internals ------------------------------------------------------------------------------------
+    def _continue_job(self) -> None:
+        """In a job a scheduler may restart: the run this logger's slot had in the job's earlier process, if any."""
+        config = self._config
+        job = jobs.assign(config.root, config.experiment_name, config.run_name, config.run_id)
+        if job is None:
+            return
+        config.run_id, config.job = job.run_id, job
+        if job.continued:
+            print(f"[dualtrack] {job.job.description} restarted: continuing run {job.run_id} (logger {job.slot} of the "
+                  "process); resume_job=False starts a new run instead", file=sys.stderr)
+
+    def _set_job_type(self, job_type: str | None) -> None:
+        """A child's kind (``trial``, ``fold``): part of its ``parent`` relation, set before the run starts."""
+        if job_type is not None and "parent" in self._config.relations:
+            self._config.relations["parent"]["job_type"] = job_type
+
     def _guarded(self, what: str, fn: Any, *args: Any) -> Any:
         """Run one log call's work; an input it did not foresee is a warning, never an error into training."""
         try:

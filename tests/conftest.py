@@ -25,6 +25,12 @@ _REMOVED_ENV = (
     "MLFLOW_REGISTRY_URI",
     "MLFLOW_EXPERIMENT_NAME",
     "MLFLOW_RUN_ID",
+    # a test run inside a scheduler's job must not resume runs by job (run.jobs): each test sets these itself
+    "DUALTRACK_JOB_ID",
+    "SLURM_JOB_ID",
+    "SLURM_ARRAY_JOB_ID",
+    "SLURM_ARRAY_TASK_ID",
+    "TORCHELASTIC_RUN_ID",
 )
 
 

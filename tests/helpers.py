@@ -90,3 +90,12 @@ def wandb_values(run_dir: Path, run_id: str, key: str) -> list[tuple[int, Any]]:
         if value is not None:
             out.append((_lookup(row, "trainer/global_step"), value))
     return out
+
+
+def run_dirs(save_dir: Path) -> list[str]:
+    """The run directories in ``save_dir``: its entries but the logger's own indexes (``.checkpoints.jsonl``,
+    ``.jobs/``), which are hidden and are asserted to be nothing else."""
+    names = sorted(p.name for p in Path(save_dir).iterdir())
+    hidden = [n for n in names if n.startswith(".")]
+    assert set(hidden) <= {".checkpoints.jsonl", ".jobs"}, hidden
+    return [n for n in names if not n.startswith(".")]

@@ -32,3 +32,20 @@ def write_json_atomic(path: str | os.PathLike, data: Any, **dump_kwargs: Any) ->
     with open(tmp, "w", encoding="utf-8") as fh:
         json.dump(data, fh, **kwargs)
     os.replace(tmp, path)
+
+
+def append_json_line(path: str | os.PathLike, data: Any) -> None:
+    """Append one JSON line to an index file with a single ``write`` on an ``O_APPEND`` descriptor (lines of
+    concurrent writers do not interleave); a torn last line left by a crash is ended first, so it does not swallow
+    this one. Makes the parent dir."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = (json.dumps(data, default=repr, ensure_ascii=False) + "\n").encode("utf-8")
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            line = b"\n" + line
+        os.write(fd, line)
+    finally:
+        os.close(fd)

@@ -65,6 +65,11 @@ def exit_status() -> str:
     return "success"
 
 
+def is_pruned(exc: BaseException | None) -> bool:
+    """An Optuna ``TrialPruned`` (named by its class, so that this needs no ``optuna``): a sweep stopped the trial."""
+    return exc is not None and any(cls.__name__ == "TrialPruned" for cls in type(exc).__mro__)
+
+
 def hold_sigterm_in_spawned_worker() -> None:
     """At exit in a spawned distributed worker (``ddp_spawn``) with its run still open: block SIGTERM from here on.
 

@@ -86,6 +86,10 @@ class RunConfig:
     finalize_timeout: float
     log_system_info: bool
     deliver: bool
+    # how this run relates to others, written into run.json for the backends to express: ``parent`` (a child of a
+    # sweep or folds: the parent's run id, directory, name, the child's job type), ``fork`` (the run it forked from)
+    relations: dict[str, dict[str, Any]] = field(default_factory=dict)
+    job: Any = None  # the scheduler job slot this run was given (run.jobs.JobRun), None outside one
 
     @property
     def sinks(self) -> list[str]:
@@ -120,6 +124,8 @@ class RunConfig:
         }
         for name, backend in self.backends.items():
             out[name] = redact_mapping(backend.section())
+        for relation, fields in self.relations.items():
+            out[relation] = dict(fields)
         return out
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -42,12 +43,14 @@ from lightning_dualtrack.core.values import DroppedValue, preview, short, to_flo
 from lightning_dualtrack.delivery import client
 from lightning_dualtrack.delivery.report import final_report, sync_command
 from lightning_dualtrack.delivery.state import sink_states
+from lightning_dualtrack.run import family, jobs, lineage, resume
 from lightning_dualtrack.run import metadata as _metadata
-from lightning_dualtrack.run.config import RunConfig, new_run_name
+from lightning_dualtrack.run.compat import is_pruned
+from lightning_dualtrack.run.config import RunConfig, new_run_id, new_run_name
 from lightning_dualtrack.run.payloads import Payloads
 from lightning_dualtrack.run.policy import KeyRules, ParamRules
 
-_STATUSES = ("success", "failed", "aborted")
+_STATUSES = ("success", "failed", "aborted", "pruned")
 CHECK_EVERY_S = 1.0
 _NEW = object()
 _OPEN: set[Run] = set()  # runs with a session open or backend runs kept open: ended at interpreter exit
@@ -77,6 +80,13 @@ class Run:
         self._metadata_logged = False
         self._said_start = False
         self._next_check = 0.0
+        # a continued run's new session: its records are held back (and delivery not told) until its first metrics
+        # say whether it continues the run or rewinds it (run.lineage); None once decided
+        self._watch: lineage.RewindWatch | None = None
+        self._held: list[dict[str, Any]] | None = None
+        self._steps: dict[str, int] = {}  # each metric key's last step in the run (read on resume)
+        self._last_status: str | None = None  # how the run's last session ended (its journal, then finalize)
+        self._relations_logged = False
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -110,6 +120,8 @@ class Run:
         self._say_start()
         repair_torn_tail(self.run_dir)
         self.journal = JournalWriter(self.run_dir)
+        if previous and self._steps:
+            self._watch, self._held = lineage.RewindWatch(self._steps), []
         self.append(records.start(self.config.run_id, bool(previous)))
         for key in self.config.tags:
             self.keys.register(key)
@@ -117,12 +129,14 @@ class Run:
         self.start_delivery()
         if self.delivery is not None:
             self.delivery.exit_wait = max(self.delivery.exit_wait, self.config.finalize_timeout)
-            self.delivery.follow(self.run_dir, self.config.secrets())
+            if self._held is None:
+                self.delivery.follow(self.run_dir, self.config.secrets())
+        self._log_relations()
         if self.config.log_system_info and not self._metadata_logged:
             # after delivery is told: its start-up (imports, wandb.init) overlaps this (~0.3 s: the package list)
             self._metadata_logged = True
             self._log_system_metadata()
-        if self.config.strict and self.delivery is not None:
+        if self.config.strict and self.delivery is not None and self._held is None:
             self._wait_until_open(120.0)
         self._next_check = time.monotonic() + CHECK_EVERY_S
         return self.journal
@@ -165,7 +179,9 @@ class Run:
             return fallback
 
     def _restore_from_journal(self) -> None:
-        """On resume: the key maps and params of the earlier sessions (a changed param is then seen)."""
+        """On resume: the key maps and params of the earlier sessions (a changed param is then seen), and each
+        metric's last step (a rewind is then seen)."""
+        steps = self._steps = {}
         for rec in JournalReader(self.run_dir):
             kind = rec.get("k")
             if kind == "keymap":
@@ -174,7 +190,15 @@ class Run:
             elif kind == "params":
                 self.params.restore(rec)
             elif kind == "metrics" and isinstance(rec.get("s"), int):
-                self.auto_step = max(self.auto_step, rec["s"] + 1)
+                step = rec["s"]
+                self.auto_step = max(self.auto_step, step + 1)
+                for key in rec["v"]:
+                    if steps.get(key, step - 1) < step:
+                        steps[key] = step
+            elif kind == "end":
+                self._last_status = rec.get("status")
+            elif kind == "start":
+                self._last_status = None  # a session without an end crashed
 
     # -- looked after once a second --------------------------------------------------------------------
     def check(self) -> None:
@@ -205,7 +229,7 @@ class Run:
         self.messages.warn(f"DUALTRACK: the run directory {self.run_dir} was deleted while the run was going on. It is made "
                            f"again with the journal ({kept} bytes, every record logged so far) and run.json, so delivery "
                            f"goes on{lost}. Do not delete a run directory before its run has ended.")
-        if self.delivery is not None:
+        if self.delivery is not None and self._held is None:
             self.delivery.follow(self.run_dir, self.config.secrets())
 
     def _missing_payloads(self) -> list[str]:
@@ -255,6 +279,9 @@ class Run:
             self.append(records.keymap(mapping, sink=sink))
 
     def append(self, record: dict[str, Any]) -> None:
+        if self._held is not None:  # a continued run's session, undecided (run.lineage)
+            self._held.append(record)
+            return
         try:
             self.journal.append(record)
         except (JournalError, ValueError, TypeError) as err:
@@ -295,6 +322,8 @@ class Run:
                     self.messages.fail_once(f"value:{name}", f"metric {short(name)!r} dropped: {why} (got {preview(value)})")
                     continue
             values[name] = value
+        if self._watch is not None and values:
+            values = self._check_rewind(step, values)
         if values:
             self.append(records.metrics(step, values))
         if time.monotonic() >= self._next_check:  # the log path's only other cost: a clock compare
@@ -367,10 +396,14 @@ class Run:
         """End the session; ``final`` (or :attr:`ending`, set by ``end_run``): the run is over, the backend runs
         end now and none is kept open for a next session."""
         final = final or self.ending
+        if final and self._restatus(status):
+            self.ensure_started()  # a short session that gives the ended run its new status
         if self.journal is None or self.finalized:
             if final:
                 self.release()
             return None
+        if self._held is not None:  # a session that logged no metrics continues the run
+            self._settle()
         for checkpoint_callback in list(self.checkpoint_callbacks.values()):
             for rec in self.payloads.checkpoints(checkpoint_callback):
                 self.append(rec)
@@ -378,6 +411,12 @@ class Run:
         if status not in _STATUSES:
             status = "failed" if status not in ("finished", "FINISHED") else "success"
         if status == "failed" and isinstance(sys.exc_info()[1], KeyboardInterrupt):
+            status = "aborted"
+        if status == "failed" and is_pruned(sys.exc_info()[1]):  # Lightning finalizes "failed" on any exception
+            status = "pruned"
+        self._last_status = status
+        if status == "pruned":  # no backend has a pruned state: ended as aborted (MLflow KILLED), and tagged so
+            self.append(records.tags({"dualtrack.status": "pruned"}))
             status = "aborted"
         if self.journal.deleted():
             self._recreate_run_dir()
@@ -436,6 +475,134 @@ class Run:
             self.last_report = dict(states)
         return states
 
+    # -- a continued run's new session: continue or fork (run.lineage) -------------------------------------
+    def _check_rewind(self, step: int, values: dict[str, float]) -> dict[str, float]:
+        verdict, kept, repeated = self._watch.check(step, values)
+        if repeated:
+            self.messages.warn(f"DUALTRACK: run {self.config.run_id} already holds {', '.join(repeated)} at step {step}, "
+                               "the last step it logged them at (Lightning re-runs the validation a checkpoint was "
+                               "saved in): not logged again, so that no step has two values")
+        if verdict == lineage.FORK:
+            self._fork(step, list(values))
+        elif verdict == lineage.CONTINUE:
+            self._settle()
+        return kept
+
+    def _settle(self) -> None:
+        """The session continues the run: journal what was held back and let delivery follow the run."""
+        held, self._held, self._watch = self._held or [], None, None
+        for rec in held:
+            self.append(rec)
+        if self.delivery is not None:
+            self.delivery.follow(self.run_dir, self.config.secrets())
+            if self.config.strict:
+                self._wait_until_open(120.0)
+
+    def _fork(self, step: int, keys: list[str]) -> None:
+        """The session rewinds the run to ``step``: it goes on in a new run that starts with the original's history
+        before ``step``; the original is left as it was (nothing of this session reaches it)."""
+        original_dir, original_id, original_name = self.run_dir, self.config.run_id, self.config.run_name
+        last = max(self._watch.steps.get(k, step) for k in keys)
+        held, self._held, self._watch = self._held or [], None, None
+        self.journal.close()
+        fork_id = new_run_id()
+        self.config.run_id = fork_id
+        self.config.run_name = lineage.fork_name(original_name, original_id, step)
+        self.config.relations["fork"] = {"run_id": original_id, "run_dir": str(original_dir.resolve()),
+                                         "run_name": original_name, "step": step}
+        self.run_dir = self._make_run_dir()
+        self.payloads = Payloads(self.run_dir, self.messages, fork_id)
+        self._write_settings(None)
+        self.journal = JournalWriter(self.run_dir)
+        self.append(records.start(fork_id, False))
+        for rec in lineage.fork_records(JournalReader(original_dir), step, keys):
+            self.append(rec)
+        for rec in held:  # this session's records so far, with the files they name
+            rec = lineage.without_own_tags(rec) if rec.get("k") != "start" else None
+            if rec is not None:
+                self._copy_payloads(rec, original_dir)
+                self.append(rec)
+        self.append(records.tags({"dualtrack.run_dir": str(self.run_dir.resolve()), "dualtrack.forked_from": original_id,
+                                  "dualtrack.fork_step": str(step)}))
+        self._share_checkpoint_dir(original_dir, original_id)
+        if self.config.job is not None:
+            jobs.moved(self.config.root, self.config.job, fork_id)
+        parent = self.config.relations.get("parent")
+        if parent:
+            self._add_to_parent(parent, replaces=original_id)
+        self.messages.warn(
+            f"DUALTRACK: run {original_id} was resumed at step {step}, but it already holds {', '.join(keys)} up to step "
+            f"{last}: logging on into a fork, run {fork_id} ({self.config.run_name!r}, {self.run_dir}), which starts with "
+            f"run {original_id}'s metrics before step {step}. Run {original_id} is left as it was: no step has two values.")
+        if self.delivery is not None:
+            self.delivery.follow(self.run_dir, self.config.secrets())
+            if self.config.strict:
+                self._wait_until_open(120.0)
+
+    def _copy_payloads(self, record: dict[str, Any], source: Path) -> None:
+        for rel in lineage.payload_paths(record):
+            src, dst = source / rel, self.run_dir / rel
+            try:
+                if src.is_dir():
+                    shutil.copytree(src, dst, dirs_exist_ok=True)
+                elif src.is_file():
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(src, dst)
+            except OSError as err:
+                self.payloads.disk_error("fork", rel, err)
+
+    def _share_checkpoint_dir(self, original_dir: Path, original_id: str) -> None:
+        """Lightning's default checkpoint directory (``<run dir>/<experiment>/<run id>``) was resolved before the fork
+        and keeps receiving this fit's checkpoints: the fork's points to it, so that a restarted job continuing the
+        fork finds them (``ckpt_path="last"``)."""
+        theirs = original_dir / self.config.experiment_name / original_id
+        ours = self.run_dir / self.config.experiment_name / self.config.run_id
+        if theirs.is_dir() and not ours.exists():
+            try:
+                ours.parent.mkdir(parents=True, exist_ok=True)
+                ours.symlink_to(theirs.resolve(), target_is_directory=True)
+            except OSError:
+                pass
+
+    # -- parent, child and checkpoint index -----------------------------------------------------------
+    def _log_relations(self) -> None:
+        """Once per run: a child names its parent (tags) and joins the parent's list of children."""
+        parent = self.config.relations.get("parent")
+        if not parent or self._relations_logged:
+            return
+        self._relations_logged = True
+        tags = {"dualtrack.parent_run_id": parent["run_id"]}
+        if parent.get("job_type"):
+            tags["dualtrack.job_type"] = str(parent["job_type"])
+        self.append(records.tags(tags))
+        self._add_to_parent(parent)
+
+    def _add_to_parent(self, parent: dict[str, Any], replaces: str | None = None) -> None:
+        try:
+            family.add_child(parent["run_dir"], self.config.run_id, self.run_dir, self.config.run_name,
+                             parent.get("job_type"), replaces=replaces)
+        except OSError as err:
+            self.messages.warn(f"DUALTRACK: cannot list run {self.config.run_id} among the children of run "
+                               f"{parent['run_id']} ({err}); the parent's summaries will not count it")
+
+    def note_checkpoint(self, checkpoint_callback: Any) -> None:
+        """Note a checkpoint just saved in ``save_dir``'s checkpoint index (``resume_from``)."""
+        path = getattr(checkpoint_callback, "_last_checkpoint_saved", None) or getattr(checkpoint_callback, "last_model_path", None)
+        if not path:
+            return
+        step = getattr(checkpoint_callback, "_last_global_step_saved", None)
+        try:
+            resume.note_checkpoint(self.config.root, path, self.config.run_id,
+                                   self.run_dir or self.config.root / self.config.run_id, step if isinstance(step, int) else None)
+        except OSError as err:
+            self.messages.warn_once("checkpoint-index", f"DUALTRACK: cannot note checkpoints in {self.config.root} ({err}); "
+                                    "resume_from= will find them by their run directory only")
+
+    def _restatus(self, status: str) -> bool:
+        """``end_run(status)`` after a session that ended with success: a failed, aborted or pruned end is recorded."""
+        return (self.finalized and self.journal is None and self.run_dir is not None and self._last_status == "success"
+                and status in ("failed", "aborted", "pruned"))
+
     def owner_gone(self) -> None:
         """The logger was garbage-collected (a sweep dropped a trial's logger): end its run without waiting -- the
         session (with the status the end of the process would give it) and the backend runs, delivered by the
@@ -447,6 +614,9 @@ class Run:
         if self.journal is not None and not self.finalized:
             self.finalized = True
             try:
+                for rec in self._held or ():  # undecided: journalled for `dualtrack sync`, not delivered now
+                    self.journal.append(rec)
+                self._held = self._watch = None
                 self.journal.append(records.end(exit_status()))
                 self.journal.close()
             except (JournalError, OSError):

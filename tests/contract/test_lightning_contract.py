@@ -49,7 +49,7 @@ from tests.contract_helpers import (
     user_metrics,
     wandb_points,
 )
-from tests.helpers import wandb_run
+from tests.helpers import run_dirs, wandb_run
 
 QUIET = dict(enable_progress_bar=False, enable_model_summary=False)
 
@@ -169,7 +169,7 @@ def test_logger_initialization_ddp_spawn(mlflow_server, tmp_path: Path) -> None:
     assert run.info.status == "FINISHED"
     assert run.data.metrics["from_rank_0"] == 0.0 and "from_rank_1" not in run.data.metrics
     assert "rank_1_param" not in run.data.params and "rank_1_tag" not in run.data.tags
-    assert [p.name for p in (tmp_path / "runs").iterdir()] == [logger.version]  # rank 1 made no run directory
+    assert run_dirs(tmp_path / "runs") == [logger.version]  # rank 1 made no run directory
     w = wandb_run(logger.run_dir, logger.run_id)
     assert w.exit_code == 0 and "rank_1_param" not in w.config
 

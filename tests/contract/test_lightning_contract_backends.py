@@ -48,7 +48,7 @@ from tests.contract_helpers import (
     user_metrics,
     wandb_points,
 )
-from tests.helpers import wandb_run
+from tests.helpers import run_dirs, wandb_run
 
 QUIET = dict(enable_progress_bar=False, enable_model_summary=False)
 CHECKPOINT_SETTINGS = {"monitor": None, "mode": "min", "save_last": None, "save_top_k": 1, "save_weights_only": False,
@@ -152,7 +152,7 @@ def test_logger_dirs_creation(mlflow_server, tmp_path: Path) -> None:
     # multiple experiment calls should not lead to new run folders
     for _ in range(2):
         _ = logger.experiment
-        assert [p.name for p in root.iterdir()] == [version]
+        assert run_dirs(root) == [version]
     assert [r["k"] for r in JournalReader(logger.run_dir)].count("start") == 1
 
     model = EpochModel()
@@ -161,7 +161,7 @@ def test_logger_dirs_creation(mlflow_server, tmp_path: Path) -> None:
     assert trainer.log_dir == logger.save_dir
     trainer.fit(model)
     assert trainer.log_dir == logger.save_dir
-    assert [p.name for p in root.iterdir()] == [version]
+    assert run_dirs(root) == [version]
     # Lightning's rule for a logger's checkpoints: <save_dir>/<name>/<version>/checkpoints
     assert trainer.checkpoint_callback.dirpath == str(root / version / logger.name / version / "checkpoints")
     assert os.listdir(trainer.checkpoint_callback.dirpath) == ["epoch=0-step=3.ckpt"]

@@ -13,12 +13,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from lightning_dualtrack.core.errors import AlreadyExists, DeliveryError, PermanentError, TooLargeError
 from lightning_dualtrack.core.imports import _MLFLOW_AVAILABLE
+from lightning_dualtrack.core.io import STATE_DIR, read_json
 from lightning_dualtrack.core.journal import Entry
 from lightning_dualtrack.core.redact import split_url_credentials, strip_url_credentials
 from lightning_dualtrack.core.values import param_text
@@ -36,6 +38,10 @@ MAX_ENTITIES = 1000
 MAX_BODY_BYTES = 900_000  # MLflow's limit is 1 MB; keep a margin for JSON overhead
 HEALTH_PREFIX = "system/dualtrack/mlflow/"
 _STATUS = {"success": "FINISHED", "failed": "FAILED", "aborted": "KILLED", None: "FAILED"}
+# run.json's relations to other runs, as MLflow tags naming those runs' MLflow ids (the parent's makes MLflow's UI
+# show this run nested under it)
+_RELATED = (("parent", "mlflow.parentRunId"), ("fork", "dualtrack.forked_from.mlflow_run_id"))
+_RELATED_EVERY_S = 2.0
 
 
 def configure_client_env(timeout_s: int = 10) -> None:
@@ -157,6 +163,9 @@ class MlflowSink(Sink):
         self.run_id: str | None = None
         self.experiment_id: str | None = None
         self._params_logged: dict[str, str] = {}
+        self._related: dict[str, str] = {}  # tag -> the related run's MLflow id set on this run ("": never, another store)
+        self._related_wanted = sum(1 for rel, _ in _RELATED if (ctx.settings.get(rel) or {}).get("run_dir"))
+        self._related_due = 0.0
 
     @property
     def client(self):
@@ -201,7 +210,10 @@ class MlflowSink(Sink):
                 tags[self.keys.add(str(key))[0]] = str(value)[:MLFLOW_MAX_TAG_VALUE]
             if s.get("run_name"):
                 tags["mlflow.runName"] = s["run_name"]
+            related = self._related_tags()
+            tags.update({k: v for k, v in related.items() if v})
             run_id = self.api.create_run(self.experiment_id, s.get("created_ms"), tags, s.get("run_name"))
+            self._related.update(related)
         else:
             self.api.set_status(run_id, "RUNNING")
         self.run_id = run_id
@@ -212,6 +224,32 @@ class MlflowSink(Sink):
             "url": run_url(self.tracking_uri, self.experiment_id, run_id),
         }
 
+    def _related_tags(self) -> dict[str, str]:
+        """The MLflow ids of the runs ``run.json`` relates this one to (its parent, the run it forked from), read from
+        their own delivery state; "" for one in another tracking store. One MLflow has not created yet is missing."""
+        out: dict[str, str] = {}
+        for relation, tag in _RELATED:
+            run_dir = (self.ctx.settings.get(relation) or {}).get("run_dir")
+            if not run_dir:
+                continue
+            ident = (read_json(Path(run_dir) / STATE_DIR / f"{self.name}.json") or {}).get("identity") or {}
+            if ident.get("run_id"):
+                same_store = ident.get("tracking_uri") in (None, strip_url_credentials(self.tracking_uri))
+                out[tag] = str(ident["run_id"]) if same_store else ""
+        return out
+
+    def _link_related(self) -> None:
+        """Set the related runs' tags that could not be set when this run was created (a parent whose MLflow run
+        the service had not opened yet; a run continued from before): looked for every 2 s until found."""
+        if len(self._related) >= self._related_wanted or time.monotonic() < self._related_due:
+            return
+        self._related_due = time.monotonic() + _RELATED_EVERY_S
+        found = {k: v for k, v in self._related_tags().items() if k not in self._related}
+        tags = [(k, v) for k, v in found.items() if v]
+        if tags:
+            self.api.log_batch(self.run_id, tags=tags)
+        self._related.update(found)
+
     def link(self, other: str, identity: dict[str, Any]) -> None:
         tags = [(f"{other}.{k}", str(v)) for k, v in sorted(identity.items()) if v is not None]
         if tags:
@@ -219,6 +257,8 @@ class MlflowSink(Sink):
 
     def close(self, status: str | None) -> None:
         self._upload_key_map()
+        self._related_due = 0.0
+        self._link_related()
         import time
 
         self.api.set_status(self.run_id, _STATUS.get(status, "FAILED"), end_time=int(time.time() * 1000))
@@ -237,6 +277,7 @@ class MlflowSink(Sink):
         # and after each request that succeeds, ``stored(n)`` acknowledges the first n records: a stop at any
         # moment loses no progress, and a retry after a failure resends only the request that failed.
         self.progress = 0
+        self._link_related()
         metrics: list = []
         params: list = []
         tags: list = []

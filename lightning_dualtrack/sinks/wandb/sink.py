@@ -203,8 +203,10 @@ class WandbSink(Sink):
         cfg = self.section
         self.project = cfg.get("project") or ctx.settings["experiment_name"]
         self.entity = cfg.get("entity")
-        self.group = cfg.get("group")
-        self.job_type = cfg.get("job_type")
+        # a child run (run.json's ``parent``): in the group named after its parent, with its kind as the job type
+        parent = ctx.settings.get("parent") or {}
+        self.group = cfg.get("group") or parent.get("run_name")
+        self.job_type = parent.get("job_type") or cfg.get("job_type")
         self.mode = cfg.get("mode", "offline")
         self.strict = bool(ctx.settings.get("strict"))
         self.init_timeout = init_timeout
