@@ -65,6 +65,22 @@ def exit_status() -> str:
     return "success"
 
 
+def calling_trainer_stage(max_depth: int = 40) -> str | None:
+    """The stage (``fit``, ``validate``, ``test``, ``predict``) of the Lightning ``Trainer`` whose logger connector is
+    calling this logger, found on the call stack (the connector holds ``trainer``); None outside a Trainer. Called
+    once per continued session, at its first metrics: not on the log path."""
+    frame = sys._getframe(1)
+    for _ in range(max_depth):
+        if frame is None:
+            return None
+        owner = frame.f_locals.get("self")
+        if type(owner).__name__ == "_LoggerConnector":
+            fn = getattr(getattr(getattr(owner, "trainer", None), "state", None), "fn", None)
+            return str(getattr(fn, "value", fn)) if fn is not None else None
+        frame = frame.f_back
+    return None
+
+
 def is_pruned(exc: BaseException | None) -> bool:
     """An Optuna ``TrialPruned`` (named by its class, so that this needs no ``optuna``): a sweep stopped the trial."""
     return exc is not None and any(cls.__name__ == "TrialPruned" for cls in type(exc).__mro__)

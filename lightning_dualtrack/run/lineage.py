@@ -44,6 +44,7 @@ class RewindWatch:
 
     def __init__(self, steps: Mapping[str, int]) -> None:
         self.steps = dict(steps)
+        self.stage: str | None = None  # the calling Trainer's stage, looked up at the first metrics (run.session)
 
     def check(self, step: int, values: Mapping[str, Any]) -> tuple[str, dict[str, Any], list[str]]:
         """``(verdict, values to log, keys dropped as repeats)``; verdict: ``watch`` (undecided: no key logged before,

@@ -43,7 +43,7 @@ from lightning_dualtrack.core.values import DroppedValue, preview, short, to_flo
 from lightning_dualtrack.delivery import client
 from lightning_dualtrack.delivery.report import final_report, sync_command
 from lightning_dualtrack.delivery.state import sink_states
-from lightning_dualtrack.run import family, jobs, lineage, resume
+from lightning_dualtrack.run import compat, family, jobs, lineage, resume
 from lightning_dualtrack.run import metadata as _metadata
 from lightning_dualtrack.run.compat import is_pruned
 from lightning_dualtrack.run.config import RunConfig, new_run_id, new_run_name
@@ -477,6 +477,11 @@ class Run:
 
     # -- a continued run's new session: continue or fork (run.lineage) -------------------------------------
     def _check_rewind(self, step: int, values: dict[str, float]) -> dict[str, float]:
+        if self._watch.stage is None:
+            self._watch.stage = compat.calling_trainer_stage() or "?"
+            if self._watch.stage in ("validate", "test", "predict"):  # evaluating a checkpoint: not a resumed training
+                self._settle()  # its metrics go at the trainer's step (0) beside the run's history, as Lightning's do
+                return values
         verdict, kept, repeated = self._watch.check(step, values)
         if repeated:
             self.messages.warn(f"DUALTRACK: run {self.config.run_id} already holds {', '.join(repeated)} at step {step}, "

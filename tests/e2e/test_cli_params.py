@@ -17,7 +17,7 @@ _PREFIXES = ("trainer/", "model/", "data/", "optimizer/", "lr_scheduler/")
 def test_quickstart_params_each_setting_once_at_its_configured_value(mlflow_server, monkeypatch) -> None:
     from mlflow.tracking import MlflowClient
 
-    from tests.helpers import _lookup, wandb_run
+    from tests.helpers import _lookup, run_dirs, wandb_run
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
     experiment = f"params_{uuid.uuid4().hex[:8]}"
@@ -51,7 +51,8 @@ def test_quickstart_params_each_setting_once_at_its_configured_value(mlflow_serv
     assert [a.path for a in client.list_artifacts(run.info.run_id, "config")] == ["config/fit_config.yaml"]
 
     # W&B's config holds the same settings under the same names
-    (run_dir,) = Path("dualtrack_runs").iterdir()
+    (name,) = run_dirs(Path("dualtrack_runs"))
+    run_dir = Path("dualtrack_runs") / name
     config = wandb_run(run_dir, run_dir.name).config
     assert _lookup(config, "trainer/max_epochs") == 1 and _lookup(config, "optimizer/head/lr") == 0.003
     assert not [k for k in config if str(k).startswith("_instantiator")]

@@ -177,9 +177,10 @@ def test_quickstart_runs_end_to_end_and_learns(tmp_path: Path) -> None:
 
     args = ["fit", "--config", str(RECIPES / "quickstart.yaml"), "--test_after_fit", "true", "--trainer.max_epochs", "4"]
     assert main(args) == 0
-    runs = sorted(Path("dualtrack_runs").iterdir())
-    assert len(runs) == 1
-    logger_dir = runs[0]
+    from tests.helpers import run_dirs
+
+    (name,) = run_dirs(Path("dualtrack_runs"))  # one run directory (beside the logger's hidden indexes)
+    logger_dir = Path("dualtrack_runs") / name
     client = MlflowClient(f"sqlite:///{Path.cwd() / 'mlflow.db'}")  # absolute: see above
     run = client.search_runs([client.get_experiment_by_name("clip_har_quickstart").experiment_id])[0]
     assert run.info.status == "FINISHED"

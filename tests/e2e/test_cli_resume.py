@@ -25,7 +25,7 @@ _CALLBACKS = """
 trainer:
   callbacks:
     - class_path: lightning.pytorch.callbacks.ModelCheckpoint
-      init_args: {monitor: val/acc, mode: max, save_top_k: 1, save_last: true}
+      init_args: {save_last: true}  # no monitor: each epoch's checkpoint is saved, so last.ckpt is the last epoch's
     - class_path: lightning_dualtrack.callbacks.RunIdsInCheckpoint
 """
 

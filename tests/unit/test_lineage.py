@@ -113,3 +113,25 @@ def test_a_session_without_metrics_is_journalled_into_the_run(tmp_path) -> None:
         again.set_tags({"stage": "export"})
     kinds = [r["k"] for r in JournalReader(first.run_dir)]
     assert kinds[-3:] == ["start", "tags", "end"]
+
+
+def test_evaluating_a_checkpoint_of_a_run_logs_into_it_without_forking(tmp_path) -> None:
+    """``trainer.test`` / ``validate`` on a continued run is not a resumed training: its metrics at the trainer's step
+    0 go into the run beside its history (as Lightning's own loggers put them), no fork, no warning."""
+    import warnings
+
+    from tests.helpers import TinyModel, loaders, trainer
+
+    train, val = loaders()
+    first = _logger(tmp_path)
+    trainer(first, max_steps=16).fit(TinyModel(), train, val)
+    first.end_run()
+    again = _logger(tmp_path, run_id=first.run_id)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DualTrackWarning)
+        trainer(again).validate(TinyModel(), val)
+    again.end_run()
+    assert again.run_id == first.run_id and again.run_dir == first.run_dir
+    logged = [(r["s"], sorted(r["v"])) for r in JournalReader(first.run_dir) if r.get("k") == "metrics"]
+    assert logged[-1][0] == 0 and "val/loss" in logged[-1][1]  # the validate session's point, after the fit's
+    assert max(s for s, keys in logged[:-1] if "val/loss" in keys) == 15
