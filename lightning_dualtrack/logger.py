@@ -63,6 +63,9 @@ class DualTrackLogger(MediaLogging, ModelLogging, Logger):
         log_system_info: journal the command line, versions, devices and the package list at the start.
         deliver: deliver in the background (the process's delivery service); False: journal only, deliver
             later with ``dualtrack sync``.
+        system_metrics: sample CPU, memory, disk, network and GPU of the training process tree in the delivery
+            service (``True``: every 5 s; a number: every that many seconds; ``False``: off): MLflow's own
+            ``system/...`` names, and W&B's own system monitor. See docs/anchors.md.
 {backends}
     """
 
@@ -82,6 +85,7 @@ class DualTrackLogger(MediaLogging, ModelLogging, Logger):
         finalize_timeout: float = 30.0,
         log_system_info: bool = True,
         deliver: bool = True,
+        system_metrics: bool | float = True,
         **backends: Any,
     ) -> None:
         super().__init__()
@@ -91,7 +95,7 @@ class DualTrackLogger(MediaLogging, ModelLogging, Logger):
         self._config = resolve_config(
             experiment_name, run_name, tags, backends=backends, save_dir=save_dir, log_model=log_model, run_id=run_id,
             resume=resume, flush_interval=flush_interval, strict=strict, finalize_timeout=finalize_timeout,
-            log_system_info=log_system_info, deliver=deliver,
+            log_system_info=log_system_info, deliver=deliver, system_metrics=system_metrics,
         )  # fmt: skip
         self._run = Run(self._config)
         for backend in self._config.backends.values():

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,7 @@ HOLD_TIMEOUT_S = 10.0  # how long a session's end waits to see its last W&B row 
 _HOLD_POLL_S = 0.1  # while held: how often the journal (its size) is looked at
 LINK_WAIT_S = 3.0  # at the end, how long a sink waits for the other's run identity before closing
 _ACK_EVERY_S = 0.25  # an appending sink acks at most this often (its durable offset is checked on resume)
+SYSTEM_BACKLOG = 720  # system samples kept while the backend cannot take them (an hour at the default 5 s)
 
 
 class Backoff:
@@ -147,6 +149,9 @@ class SinkWorker(threading.Thread):
         self._rejected_logged = 0
         self.gave_up: str | None = None
         self.done = False
+        # system figures sampled by the run's SystemMonitor, sent between requests (only to sinks that record them)
+        self.wants_system = sink_cls is not None and sink_cls.report_system is not Sink.report_system
+        self._system: deque[tuple[int, dict[str, float]]] = deque(maxlen=SYSTEM_BACKLOG)
 
     # -- bookkeeping ---------------------------------------------------------------------------
     def save(self, **changes: Any) -> None:
@@ -437,6 +442,30 @@ class SinkWorker(threading.Thread):
         except Exception:  # noqa: BLE001 - health is best effort
             pass
 
+    def offer_system(self, t_ms: int, figures: dict[str, float]) -> None:
+        """A system sample for this backend (called by the run's SystemMonitor thread; a deque is thread-safe)."""
+        if self.wants_system:
+            self._system.append((t_ms, figures))
+
+    def _report_system(self) -> None:
+        """Send the pending system samples, best effort: they are not journalled, so a backend that cannot take them
+        now keeps them here (the latest :data:`SYSTEM_BACKLOG`) and gets them with the next call."""
+        if not self._system or self.sink is None:
+            return
+        batch = []
+        while self._system:
+            batch.append(self._system.popleft())
+        first = int(self.state.get("system_samples") or 0)
+        try:
+            self.sink.report_system([(first + i, t, figures) for i, (t, figures) in enumerate(batch)])
+        except Exception as err:  # noqa: BLE001 - best effort; the journal's records are what must arrive
+            room = SYSTEM_BACKLOG - len(self._system)  # samples taken meanwhile come after these
+            if room > 0:
+                self._system.extendleft(reversed(batch[-room:]))
+            self._say_once("system-failed", f"system metrics not recorded for now ({str(err)[:200]}); kept for the next try")
+            return
+        self.state["system_samples"] = first + len(batch)
+
     def _up_to_date(self) -> bool:
         """Closed, and nothing new in the journal: a second ``sync`` must not reopen the backend run."""
         if self.follow or not self.state.get("closed"):
@@ -482,11 +511,13 @@ class SinkWorker(threading.Thread):
                 self.save(last_status=status, closed=False, last_error=None, last_step=self._last_step)
                 self._link()
                 self._health()
+                self._report_system()
                 if len(entries) >= MAX_BATCH:
                     continue
             # caught up with the journal
             self._link()
             self._health()
+            self._report_system()
             finished = status != "running"
             if finished or self._parent_gone():
                 end_idle_priority()

@@ -117,6 +117,9 @@ class RunContext:
     run_dir: Path
     settings: dict[str, Any]
     secrets: dict[str, dict[str, str]] = field(default_factory=dict)  # sink name -> credentials (never on disk)
+    #: the training process whose system figures are sampled (the delivery service's parent); None in ``dualtrack
+    #: sync``, which runs after training
+    system_pid: int | None = None
 
     @classmethod
     def load(cls, run_dir: str | os.PathLike, secrets: Mapping[str, Mapping[str, str]] | None = None) -> RunContext:
@@ -130,6 +133,12 @@ class RunContext:
     def run_id(self) -> str:
         return self.settings["run_id"]
 
+    @property
+    def system_interval(self) -> float | None:
+        """Seconds between two samples of the training process's system figures while it trains (None: off)."""
+        value = self.settings.get("system_metrics")
+        return float(value) if self.system_pid and isinstance(value, (int, float)) and value > 0 else None
+
     def section(self, sink: str) -> dict[str, Any]:
         """The backend's own settings (its section of ``run.json``)."""
         return dict(self.settings.get(sink) or {})
@@ -142,7 +151,7 @@ class Sink:
     """One backend. Only a sink module imports its backend, and only inside the methods that need it.
 
     Required: :meth:`open`, :meth:`deliver`, :meth:`close`. Optional hooks (the defaults do nothing):
-    :meth:`link`, :meth:`report_health`, :meth:`abandon`, :meth:`durable_offset` (a sink whose backend
+    :meth:`link`, :meth:`report_health`, :meth:`report_system`, :meth:`abandon`, :meth:`durable_offset` (a sink whose backend
     acknowledges before it stores returns what provably is stored), :meth:`hold` (with ``holds_open``), and
     ``fallback_reason`` (a sentence delivery prints once, e.g. "recording offline"). Errors raised are those of
     :mod:`lightning_dualtrack.core.errors`, or the backend's own, which :meth:`classify` maps.
@@ -251,6 +260,14 @@ class Sink:
 
     def report_health(self, health: dict[str, float], step: int | None) -> None:
         """Record delivery's own health figures (where the backend keeps system figures)."""
+
+    def report_system(self, samples: list[tuple[int, int, dict[str, float]]]) -> None:
+        """Record samples of the training process's system figures, each ``(index, t_ms, figures)``: ``index`` counts
+        the run's samples from 0, ``figures`` uses the generic names of
+        :mod:`lightning_dualtrack.delivery.sysmetrics` (``cpu_percent``, ``gpu/0/utilization_percent``...), which the
+        sink names as its backend does. Delivery calls it only on sinks that define it, between requests, best effort:
+        a failure keeps the samples for the next call (at most the latest 720). A backend with its own system monitor
+        (W&B) leaves this out and points its monitor at ``ctx.system_pid``."""
 
     def abandon(self) -> None:
         """Release resources without ending the run (delivery is stopping with work pending)."""

@@ -227,6 +227,14 @@ class MlflowSink(Sink):
         metrics = [(f"{HEALTH_PREFIX}{k}", float(v), ts, step or 0) for k, v in sorted(health.items())]
         self.api.log_batch(self.run_id, metrics=metrics)
 
+    def report_system(self, samples: list[tuple[int, int, dict[str, float]]]) -> None:
+        """The training process's system figures, under MLflow's own monitor's names (``system/...``)."""
+        from lightning_dualtrack.sinks.mlflow.system import system_metrics
+
+        metrics = system_metrics(samples)
+        for start in range(0, len(metrics), MAX_METRICS):
+            self.api.log_batch(self.run_id, metrics=metrics[start : start + MAX_METRICS])
+
     # -- delivery ------------------------------------------------------------------------------
     def deliver(self, entries: list[Entry]) -> None:
         # Requests hold whole records where they fit (one record with more than 1000 values spans several),

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Literal
-
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, Literal
 
 from lightning_dualtrack.core.errors import DeliveryError, PermanentError, TransientError
 from lightning_dualtrack.core.imports import _WANDB_AVAILABLE
@@ -208,8 +207,34 @@ class WandbSink(Sink):
         self._entry_offset = 0
         self._sessions_held = 0
         self._last_step: int | None = None
+        self._monitor_paused = False
 
     # -- run lifecycle -------------------------------------------------------------------------
+    def _stats_settings(self) -> dict[str, Any]:
+        """W&B's own system monitor, pointed at the training process tree (this process only delivers); off in
+        ``dualtrack sync``, which runs after training, and with ``system_metrics=False``."""
+        interval = self.ctx.system_interval
+        if not interval:
+            return {"x_disable_stats": True, "x_disable_machine_info": True}
+        # wandb-core's monitor runs only with machine info on; with x_disable_meta no environment record is written
+        return {"x_disable_stats": False, "x_disable_machine_info": False, "x_stats_pid": int(self.ctx.system_pid),
+                "x_stats_track_process_tree": True, "x_stats_sampling_interval": float(interval)}
+
+    def _pause_monitor(self, paused: bool) -> None:
+        """Between two sessions the run is held open but nothing trains for it (a sweep trains the next trial): W&B's
+        monitor pauses, as in a notebook between cells (``publish_pause``: private API, best effort)."""
+        if self.run is None or paused == self._monitor_paused or not self.ctx.system_interval:
+            return
+        try:
+            interface = self.run._interface
+            if paused:
+                interface.publish_pause()
+            else:
+                interface.publish_resume()
+            self._monitor_paused = paused
+        except Exception:  # noqa: BLE001 - the monitor goes on sampling; nothing else depends on it
+            pass
+
     def _settings(self, mode: str):
         import wandb
 
@@ -219,9 +244,8 @@ class WandbSink(Sink):
             disable_git=True,
             disable_code=True,
             save_code=False,
-            x_disable_stats=True,  # this process is not the training process
+            **self._stats_settings(),
             x_disable_meta=True,  # we write our own metadata, with secrets redacted
-            x_disable_machine_info=True,
             x_save_requirements=False,
             init_timeout=self.init_timeout,
             x_transaction_log_flush_interval=FILE_FLUSH_S,
@@ -313,6 +337,7 @@ class WandbSink(Sink):
         from lightning_dualtrack.sinks.wandb.runfile import last_history_value
 
         self._flush_row()
+        self._pause_monitor(True)
         self._sessions_held += 1
         self._log({f"{HEALTH_PREFIX}sessions_ended": float(self._sessions_held), STEP_KEY: self._last_step or 0,
                    OFFSET_KEY: offset})
@@ -400,6 +425,7 @@ class WandbSink(Sink):
         # entries only, so a row half-built when a call failed is dropped and rebuilt on the retry.
         self.progress = 0
         self._row, self._row_step = {}, None
+        self._pause_monitor(False)
         for i, entry in enumerate(entries):
             rec = entry.record
             kind = rec.get("k")
