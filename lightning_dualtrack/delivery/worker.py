@@ -38,6 +38,7 @@ from lightning_dualtrack.core.errors import (
 from lightning_dualtrack.core.errors import classify as classify_generic
 from lightning_dualtrack.core.io import STATE_DIR
 from lightning_dualtrack.core.journal import Entry, JournalReader, now_ms
+from lightning_dualtrack.core.summary import RunSummary
 from lightning_dualtrack.delivery.links import Links
 from lightning_dualtrack.delivery.priority import end_idle_priority, idle_priority_again
 from lightning_dualtrack.delivery.state import (
@@ -47,6 +48,7 @@ from lightning_dualtrack.delivery.state import (
     save_state,
     write_rejected,
 )
+from lightning_dualtrack.sinks import sink_class
 from lightning_dualtrack.sinks.base import RunContext, Sink
 
 MAX_BATCH = 20_000  # records read at once (acks are per request, not per read)
@@ -152,6 +154,7 @@ class SinkWorker(threading.Thread):
         # system figures sampled by the run's SystemMonitor, sent between requests (only to sinks that record them)
         self.wants_system = sink_cls is not None and sink_cls.report_system is not Sink.report_system
         self._system: deque[tuple[int, dict[str, float]]] = deque(maxlen=SYSTEM_BACKLOG)
+        self.summary = RunSummary()  # what the run is, folded from every record read: the backend's description
 
     # -- bookkeeping ---------------------------------------------------------------------------
     def save(self, **changes: Any) -> None:
@@ -286,6 +289,9 @@ class SinkWorker(threading.Thread):
         if offset <= 0:
             return
         entries, _ = self.reader.read(0)
+        for e in entries:
+            if e.offset <= offset:
+                self.summary.add(e.record)
         prefix = [e for e in entries if e.offset <= offset and e.record.get("k") == "keymap"]
         if prefix:
             self.sink.deliver(prefix)
@@ -495,6 +501,7 @@ class SinkWorker(threading.Thread):
             self._note_unparseable()
             if entries:
                 for e in entries:
+                    self.summary.add(e.record)
                     kind = e.record.get("k")
                     if kind == "end":
                         status = e.record.get("status", "success")
@@ -634,7 +641,28 @@ class SinkWorker(threading.Thread):
                      "skipped and counted; the other records are delivered")
             self.save()
 
+    def _others(self) -> list[dict[str, Any]]:
+        """The other backends as this run's description names them: title, link, where, how to upload."""
+        out = []
+        for name, identity in self.links.others(self.sink_name).items():
+            try:
+                cls = sink_class(name)
+            except KeyError:
+                continue
+            state = {"identity": identity}
+            out.append({"title": cls.title, "url": identity.get("url"), "where": cls.where(state),
+                        "upload": cls.upload_command(self.ctx.run_dir, state)})
+        return out
+
+    def _describe(self) -> None:
+        """The run's description, rewritten at each session's end (best effort: the records are what must arrive)."""
+        try:
+            self.sink.describe(self.summary, self._others())
+        except Exception as err:  # noqa: BLE001
+            self._say_once("describe", f"the run's description was not written ({str(err)[:200]})")
+
     def _close(self, status: str | None) -> None:
+        self._describe()
         backoff = Backoff()
         while True:
             try:

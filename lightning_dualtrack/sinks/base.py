@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 from lightning_dualtrack.core.errors import DeliveryError
 from lightning_dualtrack.core.io import RUN_FILE, read_json
 from lightning_dualtrack.core.journal import Entry
+from lightning_dualtrack.core.summary import RunSummary
 
 
 @dataclass(frozen=True)
@@ -151,7 +152,7 @@ class Sink:
     """One backend. Only a sink module imports its backend, and only inside the methods that need it.
 
     Required: :meth:`open`, :meth:`deliver`, :meth:`close`. Optional hooks (the defaults do nothing):
-    :meth:`link`, :meth:`report_health`, :meth:`report_system`, :meth:`abandon`, :meth:`durable_offset` (a sink whose backend
+    :meth:`link`, :meth:`describe`, :meth:`report_health`, :meth:`report_system`, :meth:`abandon`, :meth:`durable_offset` (a sink whose backend
     acknowledges before it stores returns what provably is stored), :meth:`hold` (with ``holds_open``), and
     ``fallback_reason`` (a sentence delivery prints once, e.g. "recording offline"). Errors raised are those of
     :mod:`lightning_dualtrack.core.errors`, or the backend's own, which :meth:`classify` maps.
@@ -213,6 +214,11 @@ class Sink:
         """Commands that open (or upload) what the backend stored, for ``dualtrack status``."""
         return []
 
+    @classmethod
+    def upload_command(cls, run_dir: str | os.PathLike, state: Mapping[str, Any]) -> str | None:
+        """The command that uploads what the backend recorded locally for this run (W&B offline), or None."""
+        return None
+
     # -- one run ------------------------------------------------------------------------------------
     def __init__(self, ctx: RunContext) -> None:
         self.ctx = ctx
@@ -260,6 +266,11 @@ class Sink:
 
     def report_health(self, health: dict[str, float], step: int | None) -> None:
         """Record delivery's own health figures (where the backend keeps system figures)."""
+
+    def describe(self, summary: RunSummary, others: list[dict[str, Any]]) -> None:
+        """Write the run's description (MLflow: ``mlflow.note.content``) from what delivery folded out of the journal;
+        ``others``: per other backend ``{"title", "url", "where", "upload"}``. Called at each session's end, best
+        effort."""
 
     def report_system(self, samples: list[tuple[int, int, dict[str, float]]]) -> None:
         """Record samples of the training process's system figures, each ``(index, t_ms, figures)``: ``index`` counts

@@ -154,6 +154,9 @@ class RestApi:
             body["end_time"] = end_time
         self._call("POST", "runs/update", body)
 
+    def set_experiment_tag(self, experiment_id: str, key: str, value: str) -> None:
+        self._call("POST", "experiments/set-experiment-tag", {"experiment_id": experiment_id, "key": key, "value": value})
+
     def log_batch(self, run_id: str, metrics=(), params=(), tags=()) -> None:
         body = {
             "run_id": run_id,
@@ -225,6 +228,9 @@ class ClientApi:
             self.call(self.client.update_run, run_id, status="RUNNING")
         else:
             self.call(self.client.set_terminated, run_id, status=status, end_time=end_time)
+
+    def set_experiment_tag(self, experiment_id: str, key: str, value: str) -> None:
+        self.call(self.client.set_experiment_tag, experiment_id, key, value)
 
     def log_batch(self, run_id: str, metrics=(), params=(), tags=()) -> None:
         from mlflow.entities import Metric, Param, RunTag
