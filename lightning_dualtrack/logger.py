@@ -212,15 +212,16 @@ class DualTrackLogger(MediaLogging, ModelLogging, Logger):
 
     @rank_zero_only
     def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
-        """With ``log_model="all"`` upload each new checkpoint; with True, the best and last at the end."""
+        """With ``log_model="all"`` upload each new checkpoint; with True, the best and last at the end. A checkpoint the
+        callback removes (top-k eviction) is removed from the backends too (a ``delete`` record)."""
         if not self._config.log_model:
             return
         if self._config.log_model == "all" or getattr(checkpoint_callback, "save_top_k", None) == -1:
             self._ensure_started()
             for rec in self._run.payloads.checkpoints(checkpoint_callback):
                 self._run.append(rec)
-        else:
-            self._run.checkpoint_callbacks[id(checkpoint_callback)] = checkpoint_callback
+        # finalize logs the best and last (log_model=True) and mirrors the callback's last removals (all)
+        self._run.checkpoint_callbacks[id(checkpoint_callback)] = checkpoint_callback
 
     # -- tracker API (direct use) -------------------------------------------------------------------
     def start_run(self, run_name: str | None = None) -> DualTrackLogger:

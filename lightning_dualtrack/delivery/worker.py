@@ -227,6 +227,7 @@ class SinkWorker(threading.Thread):
         while True:
             try:
                 self.sink = self.make_sink(self.ctx)
+                self.sink.on_note = self._say_once
                 identity = self.sink.open(dict(self.state.get("identity") or {}))
                 self.state["requests_base"] = self.state.get("requests", 0)
                 self.state["bytes_base"] = self.state.get("bytes", 0)

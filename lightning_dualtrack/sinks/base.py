@@ -227,6 +227,7 @@ class Sink:
         self.progress = 0  # entries of the current deliver() call already stored (for partial retries)
         self.on_stored: Callable[[int], None] | None = None  # set by the worker: ack as requests succeed
         self.response_times = ResponseTimes()  # each backend request's latency (health: p50/p95 per backend)
+        self.on_note: Callable[[str, str], None] | None = None  # set by the worker: one line per subject in delivery.log
 
     @property
     def section(self) -> dict[str, Any]:
@@ -236,6 +237,12 @@ class Sink:
     @property
     def secrets(self) -> dict[str, str]:
         return dict(self.ctx.secrets.get(self.name) or {})
+
+    def note(self, subject: str, message: str) -> None:
+        """Say once per ``subject`` (in the run's ``delivery.log``) what the backend could not do and why, when that is
+        not a failure to retry (an artifact store that cannot delete)."""
+        if self.on_note is not None:
+            self.on_note(subject, message)
 
     def stored(self, n: int) -> None:
         """The first ``n`` entries of the current :meth:`deliver` call are stored (called after each request)."""

@@ -322,7 +322,7 @@ class MlflowSink(Sink):
                     tags.append((keys.get(key, key), text))
                     pending[0] += len(key) + len(text) + 64
             # ``hist`` (watch's histograms): W&B only; MLflow keeps watch's statistics, which are metrics
-            elif kind in ("file", "image", "table", "cm", "model", "register"):
+            elif kind in ("file", "image", "table", "cm", "model", "register", "delete"):
                 flush(i)
                 getattr(self, f"_deliver_{kind}")(rec)
                 self.stored(i + 1)
@@ -407,6 +407,11 @@ class MlflowSink(Sink):
                     "aliases": rec.get("registry_aliases") or [],
                 }
             )
+
+    def _deliver_delete(self, rec: dict[str, Any]) -> None:
+        from lightning_dualtrack.sinks.mlflow.deletion import delete_checkpoint
+
+        delete_checkpoint(self, rec)  # a checkpoint its callback removed; never one a registered version points to
 
     def _deliver_register(self, rec: dict[str, Any]) -> None:
         name = rec["name"]

@@ -456,7 +456,7 @@ class WandbSink(Sink):
                     self.run.config.update(latest, allow_val_change=True)
             elif kind == "tags":
                 self._deliver_tags(rec["v"])
-            elif kind in ("file", "image", "table", "cm", "model"):
+            elif kind in ("file", "image", "table", "cm", "model", "delete"):
                 getattr(self, f"_deliver_{kind}")(rec)
             self.stored(i + 1)
         self._flush_row()
@@ -572,3 +572,24 @@ class WandbSink(Sink):
             art.add_file(str(path))
         aliases = list(dict.fromkeys([*(rec.get("aliases") or []), "latest"]))
         self.run.log_artifact(art, aliases=aliases)
+
+    def _deliver_delete(self, rec: dict[str, Any]) -> None:
+        """A checkpoint its callback removed (see :mod:`~lightning_dualtrack.sinks.wandb.artifacts`)."""
+        if self.mode != "online":
+            self.note("delete-offline", "W&B offline runs cannot delete an artifact version: checkpoints their callback "
+                                        "removed stay in the offline run and are uploaded with it (`best` and `latest` "
+                                        "are on kept ones; delete the others in W&B's UI or with wandb.Api() after "
+                                        "`dualtrack sync --wandb`)")
+            return
+        import wandb
+
+        from lightning_dualtrack.sinks.wandb.artifacts import delete_versions
+
+        name = rec.get("wandb_name") or f"model-{self.ctx.run_id}"
+        collection = f"{self.run.entity}/{self.run.project}/{name}"
+        try:
+            api = wandb.Api(timeout=30)
+        except Exception as err:  # noqa: BLE001 - best effort: the version stays
+            self.note("delete-api", f"W&B: no public API to delete removed checkpoints ({type(err).__name__}: {err}); they stay")
+            return
+        delete_versions(api, collection, [(rec.get("metadata") or {}).get("original_filename")], self.note)
