@@ -12,7 +12,9 @@ methods that import nothing of its backend:
 * which identity fields the other backends write into their runs (:attr:`Sink.link_fields`);
 * its lines in the final report and in ``dualtrack status`` (:meth:`Sink.where`, :meth:`Sink.hints`);
 * its rules for what the user logs (:attr:`Sink.policy`, applied on the training thread: see
-  :class:`lightning_dualtrack.run.policy.KeyRules`).
+  :class:`lightning_dualtrack.run.policy.KeyRules`);
+* its own upload of what it keeps locally, after ``dualtrack sync`` delivered a run (:attr:`Sink.upload_flag`,
+  :meth:`Sink.upload`: W&B's offline directories through ``wandb sync``).
 
 The logger's arguments, ``run.json``, LightningCLI's ``--use_<name>``/``--no_<name>`` switches and ``dualtrack
 status`` are all read from these, through the registry (:mod:`lightning_dualtrack.sinks`).
@@ -286,6 +288,18 @@ class Sink:
         sink names as its backend does. Delivery calls it only on sinks that define it, between requests, best effort:
         a failure keeps the samples for the next call (at most the latest 720). A backend with its own system monitor
         (W&B) leaves this out and points its monitor at ``ctx.system_pid``."""
+
+    #: ``dualtrack sync --<upload_flag>`` / ``--no-<upload_flag>``: the backend's own upload of its local files once the
+    #: run is delivered (None: the backend keeps nothing to upload); ``upload_help`` documents it in ``--help``
+    upload_flag: ClassVar[str | None] = None
+    upload_help: ClassVar[str] = ""
+
+    @classmethod
+    def upload(cls, run_dir: Path, state: Mapping[str, Any], wanted: bool | None, log: Callable[[str], None]) -> bool:
+        """After ``dualtrack sync`` delivered the run (``state``: this sink's ``state/<name>.json``): upload what the
+        backend keeps locally. ``wanted``: the flag (None: neither given, the backend's default). Returns False when
+        something is left to upload (said through ``log``)."""
+        return True
 
     def abandon(self) -> None:
         """Release resources without ending the run (delivery is stopping with work pending)."""

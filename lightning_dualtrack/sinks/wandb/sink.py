@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -165,13 +165,28 @@ class WandbSink(Sink):
             return PermanentError(f"W&B refused the run's settings: {str(err)[:400]}")
         return None
 
+    upload_flag = "wandb"
+    upload_help = ("upload the run's offline W&B directories (all of them, oldest first, into its one W&B run id) with "
+                   "W&B's own `wandb sync`, once; recorded in the run's state/wandb.uploaded.json so that a second sync "
+                   "uploads nothing twice. Default: when W&B credentials exist (WANDB_API_KEY or ~/.netrc)")
+
+    @classmethod
+    def upload(cls, run_dir: Path, state: Mapping[str, Any], wanted: bool | None, log: Callable[[str], None]) -> bool:
+        from lightning_dualtrack.sinks.wandb.upload import upload_run
+
+        if wanted is False:
+            return True
+        if wanted is None and not credentials_present():
+            return True  # no credentials: `dualtrack status` shows the `wandb sync` command
+        return upload_run(run_dir, state, log)
+
     @classmethod
     def where(cls, state: Mapping[str, Any]) -> str:
         ident = state.get("identity") or {}
         if not ident.get("url") and ident.get("dirs"):  # offline, resumed by other processes: every part
             try:
                 dirs = json.loads(ident["dirs"])
-                return " + ".join(map(str, dirs)) + f" ({len(dirs)} directories: upload them all with `wandb sync`)"
+                return " + ".join(map(str, dirs)) + f" ({len(dirs)} directories: upload them all with `dualtrack sync --wandb`)"
             except (TypeError, ValueError):
                 pass
         return super().where(state)
@@ -183,8 +198,14 @@ class WandbSink(Sink):
         if not where:
             return []
         if "offline-run" in str(where):
-            every = str(Path(where).parent / "offline-run-*")
-            return [f"W&B:        offline run in {Path(where).parent}  (upload: wandb sync {every})"]
+            from lightning_dualtrack.sinks.wandb.upload import offline_dirs, uploaded_dirs
+
+            run_dir = Path(where).parent.parent
+            done = set(uploaded_dirs(run_dir))
+            left = [d for d in offline_dirs(run_dir, str(ident.get("run_id"))) if str(d.relative_to(run_dir)) not in done]
+            if done and not left:
+                return [f"W&B:        offline run in {Path(where).parent}, uploaded (`dualtrack sync --wandb`)"]
+            return [f"W&B:        offline run in {Path(where).parent}  (upload: dualtrack sync --wandb {run_dir})"]
         return [f"W&B:        {where}"]
 
     def __init__(self, ctx: RunContext, init_timeout: float = 30.0) -> None:
