@@ -421,6 +421,7 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
                 save_dir=str(workdir / "dualtrack_runs"),
                 deliver=config == "dualtrack",
                 **({"flush_interval": spec["flush_interval"]} if spec.get("flush_interval") else {}),
+                **({"system_metrics": False} if spec.get("no_system_metrics") else {}),
             )
         )
     if not loggers:
@@ -1156,6 +1157,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="N sequential fits in one process, a fresh logger each (--fits, default 12; --steps default 30): "
                         "per-fit cost against noop, delivery processes alive, delivery-side memory, runs complete")
     p.add_argument("--fits", type=int, default=12, help="--sweep: fits in the process (default 12)")
+    p.add_argument("--no-system-metrics", action="store_true",
+                   help="DualTrackLogger(system_metrics=False): the delivery service samples no system figures and W&B's "
+                        "monitor is off (compare with the default to see what sampling costs training)")
     p.add_argument("--_worker", nargs=2, help=argparse.SUPPRESS)
     p.add_argument("--_sweep_worker", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -1275,6 +1279,7 @@ def main(argv: list[str] | None = None) -> int:
                     "late_wait": args.late_wait,
                     "scale": args.scale,
                     "scale_timeout": args.scale_timeout,
+                    "no_system_metrics": args.no_system_metrics,
                 }
                 r = _run_one(spec, root, env, args.run_timeout)
                 r["index"] = i

@@ -4,7 +4,8 @@
   as the default logger (see :mod:`lightning_dualtrack.lightning_cli`).
 * ``dualtrack sync RUN_DIR|RUNS_DIR...``: deliver what a run did not deliver (offline, crashed, server
   down); a runs folder means every run in it with something pending. Running it twice stores nothing
-  twice. Exits 1 while anything is undelivered (pending, or set aside: ``--retry-rejected``).
+  twice. Exits 1 while anything is undelivered (pending, or set aside: ``--retry-rejected``). Then each backend's
+  own upload of its local files (``--wandb``: the offline W&B directories, through ``wandb sync``, once).
 * ``dualtrack status RUN_DIR...``: per backend, records delivered, pending and set aside (by reason).
 """
 
@@ -210,7 +211,10 @@ def cmd_sync(args: argparse.Namespace) -> int:
     quiet = not sys.stderr.isatty()
     for run_dir in run_dirs:
         if not explicit and not _needs_sync(run_dir, only, args.retry_rejected):
-            continue  # a runs folder: only the runs with something to deliver
+            # a runs folder: only the runs with something to deliver; a delivered one may still have files to upload
+            if not _upload(run_dir, only, args):
+                ok = False
+            continue
         progress = _Progress(run_dir, enabled=not quiet and not args.no_progress)
         log = (lambda m: None) if (quiet and args.quiet) else progress.write
         try:
@@ -230,9 +234,25 @@ def cmd_sync(args: argparse.Namespace) -> int:
             retry = any(b["failed"] for b in status["backends"].values())
             print(f"  not everything is delivered; run again (after fixing the cause above):  "
                   f"{sync_command(run_dir, retry_rejected=retry)}")
-        for line in _hints(status):
+        if not _upload(run_dir, only, args):
+            ok = False
+        for line in _hints(run_status(run_dir)):
             print(line)
     return 0 if ok else 1
+
+
+def _upload(run_dir: Path, only: set[str] | None, args: argparse.Namespace) -> bool:
+    """Each backend's own upload of what it keeps locally (``--<flag>`` / ``--no-<flag>``, else its default)."""
+    ok = True
+    settings = RunContext.load(run_dir).settings
+    for name in enabled_sinks(settings):
+        cls = sink_class(name)
+        if cls.upload_flag is None or (only is not None and name not in only):
+            continue
+        wanted = getattr(args, f"upload_{cls.upload_flag}", None)
+        if not cls.upload(run_dir, load_state(run_dir, name), wanted, lambda m: print(f"  {m}")):
+            ok = False
+    return ok
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -251,6 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="deliver again every record a backend rejected (by default only those whose reason may have passed)")
     p_sync.add_argument("--no-progress", action="store_true", help="no progress bars, even on a terminal")
     p_sync.add_argument("--quiet", action="store_true", help="when not on a terminal, print only the summary")
+    for cls in map(sink_class, registry()):
+        if cls.upload_flag:
+            flag = cls.upload_flag
+            p_sync.add_argument(f"--{flag}", dest=f"upload_{flag}", action="store_true", default=None, help=cls.upload_help)
+            p_sync.add_argument(f"--no-{flag}", dest=f"upload_{flag}", action="store_false",
+                                help=f"never upload (the opposite of --{flag})")
     p_sync.set_defaults(func=cmd_sync)
     p_status = sub.add_parser("status", help="delivered / pending / rejected records per backend")
     p_status.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")

@@ -67,6 +67,9 @@ class DualTrackLogger(MediaLogging, ModelLogging, FamilyLogging, Logger):
         log_system_info: journal the command line, versions, devices and the package list at the start.
         deliver: deliver in the background (the process's delivery service); False: journal only, deliver
             later with ``dualtrack sync``.
+        system_metrics: sample CPU, memory, disk, network and GPU of the training process tree in the delivery
+            service (``True``: every 5 s; a number: every that many seconds; ``False``: off): MLflow's own
+            ``system/...`` names, and W&B's own system monitor. See docs/anchors.md.
         resume_from: a checkpoint this logger's run wrote: continue that run (see docs/training-life.md).
         resume_job: in a job its scheduler restarts (SLURM requeue, torchelastic), continue the run the job's
             earlier process made; False: a new run each time.
@@ -90,6 +93,7 @@ class DualTrackLogger(MediaLogging, ModelLogging, FamilyLogging, Logger):
         finalize_timeout: float = 30.0,
         log_system_info: bool = True,
         deliver: bool = True,
+        system_metrics: bool | float = True,
         resume_from: str | os.PathLike | None = None,
         resume_job: bool = True,
         parent: Any = None,
@@ -102,7 +106,8 @@ class DualTrackLogger(MediaLogging, ModelLogging, FamilyLogging, Logger):
         # what a child run is made with (``child``): every setting of this logger but its run's identity
         self._inherited = dict(experiment_name=experiment_name, prefix=prefix, save_dir=save_dir, log_model=log_model,
                                flush_interval=flush_interval, strict=strict, finalize_timeout=finalize_timeout,
-                               log_system_info=log_system_info, deliver=deliver, resume_job=resume_job, **backends)
+                               log_system_info=log_system_info, deliver=deliver, system_metrics=system_metrics,
+                               resume_job=resume_job, **backends)
         explicit = run_id is not None or resume
         resumed_note = None
         if resume_from is not None:
@@ -111,7 +116,7 @@ class DualTrackLogger(MediaLogging, ModelLogging, FamilyLogging, Logger):
         self._config = resolve_config(
             experiment_name, run_name, tags, backends=backends, save_dir=save_dir, log_model=log_model, run_id=run_id,
             resume=resume, flush_interval=flush_interval, strict=strict, finalize_timeout=finalize_timeout,
-            log_system_info=log_system_info, deliver=deliver,
+            log_system_info=log_system_info, deliver=deliver, system_metrics=system_metrics,
         )  # fmt: skip
         if parent is not None:
             self._config.relations["parent"] = parent_relation(parent)
@@ -235,7 +240,8 @@ class DualTrackLogger(MediaLogging, ModelLogging, FamilyLogging, Logger):
     @rank_zero_only
     def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
         """Note the checkpoint in the checkpoint index (``resume_from``); with ``log_model="all"`` upload each new
-        checkpoint, with True the best and last at the end."""
+        checkpoint, with True the best and last at the end. A checkpoint the callback removes (top-k eviction) is
+        removed from the backends too (a ``delete`` record)."""
         self._run.note_checkpoint(checkpoint_callback)
         if not self._config.log_model:
             return
@@ -243,8 +249,8 @@ class DualTrackLogger(MediaLogging, ModelLogging, FamilyLogging, Logger):
             self._ensure_started()
             for rec in self._run.payloads.checkpoints(checkpoint_callback):
                 self._run.append(rec)
-        else:
-            self._run.checkpoint_callbacks[id(checkpoint_callback)] = checkpoint_callback
+        # finalize logs the best and last (log_model=True) and mirrors the callback's last removals (all)
+        self._run.checkpoint_callbacks[id(checkpoint_callback)] = checkpoint_callback
 
     # -- tracker API (direct use) -------------------------------------------------------------------
     def start_run(self, run_name: str | None = None) -> DualTrackLogger:

@@ -12,9 +12,11 @@ The pure functions (:func:`export_program`, :func:`export_onnx`, :func:`export_t
 inference benchmark uses. The callback exports the best checkpoint's weights when there is one (else the final
 weights), on a real batch from the validation data, and:
 
-* logs ``export/<format>_max_abs_diff`` (each loaded back and compared with eager on that batch, and for ``pt2``
+* measures ``export/<format>_max_abs_diff`` (each loaded back and compared with eager on that batch, and for ``pt2``
   and ``onnx`` also on a batch of another size; a difference above ``atol`` is a loud warning, and the file is
-  still logged so that it can be inspected);
+  still logged so that it can be inspected). They belong to the export, not to training: ``export/parity.json``
+  beside the files, and the logged model's params (MLflow LoggedModel) and metadata (W&B artifact); a stock logger
+  gets them as metrics;
 * logs ``export/model.pt2``, ``export/model.onnx`` (and ``export/model.ts``) and ``export/clip_har.json`` (class
   names, preprocessing, output meaning) to both backends;
 * logs an MLflow model (see :mod:`lightning_dualtrack.serving`): its pyfunc takes images and returns class names
@@ -291,15 +293,21 @@ class ModelExport(Callback):
         self.results = {"source": source, **metrics, "dir": str(out_dir)}
         rank_zero_info(f"ModelExport: exported {source} to {out_dir}: {metrics}")
         for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
+            if not is_rich(logger):  # a stock logger keeps them where it can: its metrics
+                logger.log_metrics(metrics, step=trainer.global_step)
+        # the parity errors describe the export, not training: with the exported files and in the logged model's
+        # params and metadata, not as single-point charts ahead of the model's own on MLflow's Model metrics tab
+        (out_dir / "parity.json").write_text(json.dumps({"source": source, "atol": self.atol, **metrics}, indent=1),
+                                             encoding="utf-8")
+        files.append("parity.json")
         for logger in rich:
             for name in files:
                 call_rich("ModelExport", logger, "log_artifact", out_dir / name, "export")
             if self.log_mlflow_model and (out_dir / "model.pt2").exists():
-                self._log_model(logger, pl_module, out_dir, example, config, source)
+                self._log_model(logger, pl_module, out_dir, example, config, source, metrics)
 
     def _log_model(self, logger: Any, pl_module: LightningModule, out_dir: Path, example: torch.Tensor,
-                   config: dict[str, Any], source: str) -> None:
+                   config: dict[str, Any], source: str, parity: dict[str, float]) -> None:
         from lightning_dualtrack.serving import ServingModel
 
         names = config["class_names"]
@@ -323,6 +331,7 @@ class ModelExport(Callback):
                 "preprocessing": config["preprocessing"],
                 "output": config["output"]["meaning"],
                 "flavors": ["python_function (images -> classes)", "pytorch (pt2: pixel_values -> logits)"],
+                "parity": dict(parity),  # export/<format>_max_abs_diff against eager
             },
         )
         if _accepts(getattr(logger, "log_model", None), "wandb_name"):

@@ -20,6 +20,7 @@ Record kinds (field ``k``), all with ``t`` (wall-clock ms) and, where it applies
 ``cm``         ``key``, ``path`` (JSON: matrix, class_names, title), ``png``, ``png_norm``
 ``model``      ``path`` (an MLflow model dir), ``ap``, ``aliases``, ``registered_model_name``...
 ``register``   ``name``, ``model_uri``, ``ap``, ``description``, ``aliases``
+``delete``     ``path``, ``ap``, ``reason``: a logged checkpoint its callback removed (backends remove their copy)
 ``end``        ``status``: success | failed | aborted
 =============  =====================================================================
 """

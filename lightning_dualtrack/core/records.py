@@ -6,7 +6,7 @@ runs read them):
 
 =========  ==================================================================================
 ``k``      the record kind (``metrics``, ``params``, ``tags``, ``keymap``, ``file``, ``image``,
-           ``table``, ``cm``, ``model``, ``register``, ``hist``, ``start``, ``end``)
+           ``table``, ``cm``, ``model``, ``register``, ``delete``, ``hist``, ``start``, ``end``)
 ``t``      wall-clock time of the log call, integer milliseconds since the epoch (kept on replay,
            so a resend is de-duplicated by MLflow's SQL store)
 ``s``      the step (an integer; Lightning's global step or the logger's own counter)
@@ -174,3 +174,22 @@ def register(
     """``register``: register ``model_uri`` (else this run's ``ap``) as ``name`` in the MLflow Model
     Registry, with ``description`` and ``aliases``."""
     return {"k": "register", "t": t or now_ms(), "name": name, "model_uri": model_uri, "ap": ap, "description": description, "aliases": list(aliases)}
+
+
+def delete(path: str, ap: str, reason: str, wandb_name: str | None = None, metadata: Mapping[str, Any] | None = None,
+           t: int | None = None) -> dict[str, Any]:
+    """``delete``: a payload logged by an earlier ``model`` record (``path`` in the run directory, ``ap`` its artifact
+    path) is gone where it came from: a ``ModelCheckpoint`` removed the checkpoint from its top k (``reason`` says
+    so). Backends remove their copy (MLflow: the artifact ``<ap>/<file name>``; W&B: the version of ``wandb_name``
+    whose ``metadata["original_filename"]`` matches, where it can), never one a registered model version points
+    to. Removing what is already gone is done: replays are idempotent.
+
+    Example:
+        >>> delete("artifacts/checkpoints/epoch=0.ckpt", "checkpoints", "left the top 2", t=5)["k"]
+        'delete'
+    """
+    rec: dict[str, Any] = {"k": "delete", "t": t or now_ms(), "path": path, "ap": ap, "reason": reason,
+                           "metadata": dict(metadata or {})}
+    if wandb_name:
+        rec["wandb_name"] = wandb_name
+    return rec

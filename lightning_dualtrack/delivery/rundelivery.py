@@ -19,6 +19,7 @@ from lightning_dualtrack.core.io import STATE_DIR
 from lightning_dualtrack.core.journal import repair_torn_tail
 from lightning_dualtrack.delivery.links import Links
 from lightning_dualtrack.delivery.state import HANDOVER_FILE, LOCK_FILE, load_state, lock_holder
+from lightning_dualtrack.delivery.sysmetrics import SystemMonitor
 from lightning_dualtrack.delivery.worker import ORPHAN_TIMEOUT_S, SinkWorker
 from lightning_dualtrack.sinks import enabled_sinks, sink_class, sink_names
 from lightning_dualtrack.sinks.base import RunContext
@@ -110,6 +111,8 @@ class RunDelivery:
             process is gone (the service).
         orphaned: set when the training process is gone (the service's watch of its parent).
         only: deliver to these backends only.
+        system_pid: the training process (the service's parent) whose system figures are sampled every
+            ``system_metrics`` seconds of ``run.json`` while the run is in a session (None: not sampled).
         The rest: see :class:`~lightning_dualtrack.delivery.worker.SinkWorker`.
     """
 
@@ -129,14 +132,17 @@ class RunDelivery:
         give_up_after: float | None = None,
         retry_rejected: bool | str | None = None,
         progress: Callable[[str, int, int], None] | None = None,
+        system_pid: int | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.lock_fd: int | None = lock_fd
         self.ctx = RunContext.load(self.run_dir, secrets)
+        self.ctx.system_pid = system_pid if follow else None
         self.stop = threading.Event()  # this run's delivery stops (its own; the service's stop sets every run's)
         if stop is not None and stop.is_set():
             self.stop.set()
         self.release = threading.Event()
+        self.orphaned = orphaned or threading.Event()
         self.links = Links()
         for name in sink_names():  # identities known from earlier sessions
             identity = load_state(self.run_dir, name).get("identity")
@@ -155,11 +161,22 @@ class RunDelivery:
                 orphan_timeout=orphan_timeout(), progress=progress, hold=hold, release=self.release,
             ))
         self.links.expect({w.sink_name for w in self.workers})
+        feeds = [w.offer_system for w in self.workers if w.wants_system]
+        interval = self.ctx.system_interval
+        self.monitor = SystemMonitor(system_pid, interval, feeds, active=self.in_session, stop=self.stop, log=log,
+                                     running=self.alive, name=f"dualtrack-{self.run_dir.name}-system") if interval and feeds else None
 
     def start(self) -> RunDelivery:
         for w in self.workers:
             w.start()
+        if self.monitor is not None:
+            self.monitor.start()
         return self
+
+    def in_session(self) -> bool:
+        """A session of the run is going on, so the system figures are the run's: the training process lives and the
+        journal's last record is not an ``end`` (between two sessions, a held run is not training)."""
+        return not self.orphaned.is_set() and last_record_kind(self.run_dir) not in ("end", None)
 
     def alive(self) -> bool:
         return any(w.is_alive() for w in self.workers)

@@ -113,7 +113,7 @@ class Service:
                 return
         try:
             delivery = RunDelivery(run_dir, fd, secrets=secrets, follow=True, hold=True, orphaned=self.orphaned,
-                                   stop=self.stop, log=log, retry_rejected="never")
+                                   stop=self.stop, log=log, retry_rejected="never", system_pid=self.parent_pid)
         except Exception as err:  # noqa: BLE001 - a run directory without run.json: nothing to deliver
             os.close(fd)
             log(f"[dualtrack] cannot deliver {run_dir}: {type(err).__name__}: {err}")

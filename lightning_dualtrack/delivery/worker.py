@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from lightning_dualtrack.core.errors import (
 from lightning_dualtrack.core.errors import classify as classify_generic
 from lightning_dualtrack.core.io import STATE_DIR
 from lightning_dualtrack.core.journal import Entry, JournalReader, now_ms
+from lightning_dualtrack.core.summary import RunSummary
 from lightning_dualtrack.delivery.links import Links
 from lightning_dualtrack.delivery.priority import end_idle_priority, idle_priority_again
 from lightning_dualtrack.delivery.state import (
@@ -46,6 +48,7 @@ from lightning_dualtrack.delivery.state import (
     save_state,
     write_rejected,
 )
+from lightning_dualtrack.sinks import sink_class
 from lightning_dualtrack.sinks.base import RunContext, Sink
 
 MAX_BATCH = 20_000  # records read at once (acks are per request, not per read)
@@ -55,6 +58,7 @@ HOLD_TIMEOUT_S = 10.0  # how long a session's end waits to see its last W&B row 
 _HOLD_POLL_S = 0.1  # while held: how often the journal (its size) is looked at
 LINK_WAIT_S = 3.0  # at the end, how long a sink waits for the other's run identity before closing
 _ACK_EVERY_S = 0.25  # an appending sink acks at most this often (its durable offset is checked on resume)
+SYSTEM_BACKLOG = 720  # system samples kept while the backend cannot take them (an hour at the default 5 s)
 
 
 class Backoff:
@@ -147,6 +151,10 @@ class SinkWorker(threading.Thread):
         self._rejected_logged = 0
         self.gave_up: str | None = None
         self.done = False
+        # system figures sampled by the run's SystemMonitor, sent between requests (only to sinks that record them)
+        self.wants_system = sink_cls is not None and sink_cls.report_system is not Sink.report_system
+        self._system: deque[tuple[int, dict[str, float]]] = deque(maxlen=SYSTEM_BACKLOG)
+        self.summary = RunSummary()  # what the run is, folded from every record read: the backend's description
 
     # -- bookkeeping ---------------------------------------------------------------------------
     def save(self, **changes: Any) -> None:
@@ -219,6 +227,7 @@ class SinkWorker(threading.Thread):
         while True:
             try:
                 self.sink = self.make_sink(self.ctx)
+                self.sink.on_note = self._say_once
                 identity = self.sink.open(dict(self.state.get("identity") or {}))
                 self.state["requests_base"] = self.state.get("requests", 0)
                 self.state["bytes_base"] = self.state.get("bytes", 0)
@@ -281,6 +290,9 @@ class SinkWorker(threading.Thread):
         if offset <= 0:
             return
         entries, _ = self.reader.read(0)
+        for e in entries:
+            if e.offset <= offset:
+                self.summary.add(e.record)
         prefix = [e for e in entries if e.offset <= offset and e.record.get("k") == "keymap"]
         if prefix:
             self.sink.deliver(prefix)
@@ -437,6 +449,30 @@ class SinkWorker(threading.Thread):
         except Exception:  # noqa: BLE001 - health is best effort
             pass
 
+    def offer_system(self, t_ms: int, figures: dict[str, float]) -> None:
+        """A system sample for this backend (called by the run's SystemMonitor thread; a deque is thread-safe)."""
+        if self.wants_system:
+            self._system.append((t_ms, figures))
+
+    def _report_system(self) -> None:
+        """Send the pending system samples, best effort: they are not journalled, so a backend that cannot take them
+        now keeps them here (the latest :data:`SYSTEM_BACKLOG`) and gets them with the next call."""
+        if not self._system or self.sink is None:
+            return
+        batch = []
+        while self._system:
+            batch.append(self._system.popleft())
+        first = int(self.state.get("system_samples") or 0)
+        try:
+            self.sink.report_system([(first + i, t, figures) for i, (t, figures) in enumerate(batch)])
+        except Exception as err:  # noqa: BLE001 - best effort; the journal's records are what must arrive
+            room = SYSTEM_BACKLOG - len(self._system)  # samples taken meanwhile come after these
+            if room > 0:
+                self._system.extendleft(reversed(batch[-room:]))
+            self._say_once("system-failed", f"system metrics not recorded for now ({str(err)[:200]}); kept for the next try")
+            return
+        self.state["system_samples"] = first + len(batch)
+
     def _up_to_date(self) -> bool:
         """Closed, and nothing new in the journal: a second ``sync`` must not reopen the backend run."""
         if self.follow or not self.state.get("closed"):
@@ -466,6 +502,7 @@ class SinkWorker(threading.Thread):
             self._note_unparseable()
             if entries:
                 for e in entries:
+                    self.summary.add(e.record)
                     kind = e.record.get("k")
                     if kind == "end":
                         status = e.record.get("status", "success")
@@ -482,11 +519,13 @@ class SinkWorker(threading.Thread):
                 self.save(last_status=status, closed=False, last_error=None, last_step=self._last_step)
                 self._link()
                 self._health()
+                self._report_system()
                 if len(entries) >= MAX_BATCH:
                     continue
             # caught up with the journal
             self._link()
             self._health()
+            self._report_system()
             finished = status != "running"
             if finished or self._parent_gone():
                 end_idle_priority()
@@ -603,7 +642,28 @@ class SinkWorker(threading.Thread):
                      "skipped and counted; the other records are delivered")
             self.save()
 
+    def _others(self) -> list[dict[str, Any]]:
+        """The other backends as this run's description names them: title, link, where, how to upload."""
+        out = []
+        for name, identity in self.links.others(self.sink_name).items():
+            try:
+                cls = sink_class(name)
+            except KeyError:
+                continue
+            state = {"identity": identity}
+            out.append({"title": cls.title, "url": identity.get("url"), "where": cls.where(state),
+                        "upload": cls.upload_command(self.ctx.run_dir, state)})
+        return out
+
+    def _describe(self) -> None:
+        """The run's description, rewritten at each session's end (best effort: the records are what must arrive)."""
+        try:
+            self.sink.describe(self.summary, self._others())
+        except Exception as err:  # noqa: BLE001
+            self._say_once("describe", f"the run's description was not written ({str(err)[:200]})")
+
     def _close(self, status: str | None) -> None:
+        self._describe()
         backoff = Backoff()
         while True:
             try:

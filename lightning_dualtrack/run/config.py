@@ -21,7 +21,9 @@ from typing import Any
 
 from lightning_dualtrack.core.io import RUN_FILE
 from lightning_dualtrack.core.journal import now_ms
+from lightning_dualtrack.core.messages import warn
 from lightning_dualtrack.core.redact import redact_mapping, redact_string
+from lightning_dualtrack.delivery.sysmetrics import system_interval
 from lightning_dualtrack.sinks import sink_classes
 from lightning_dualtrack.sinks.base import Sink
 
@@ -86,6 +88,7 @@ class RunConfig:
     finalize_timeout: float
     log_system_info: bool
     deliver: bool
+    system_metrics: float | None = None  # seconds between two samples in the delivery service; None: off
     # how this run relates to others, written into run.json for the backends to express: ``parent`` (a child of a
     # sweep or folds: the parent's run id, directory, name, the child's job type), ``fork`` (the run it forked from)
     relations: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -121,6 +124,7 @@ class RunConfig:
             "created_ms": now_ms(),
             "flush_interval": self.flush_interval,
             "strict": self.strict,  # the sinks do not fall back (e.g. W&B online -> offline)
+            "system_metrics": self.system_metrics,
         }
         for name, backend in self.backends.items():
             out[name] = redact_mapping(backend.section())
@@ -199,6 +203,7 @@ def resolve_config(
     finalize_timeout: float,
     log_system_info: bool,
     deliver: bool,
+    system_metrics: bool | float = True,
 ) -> RunConfig:
     """Check the logger's arguments (errors name the argument and the value) and resolve them."""
     if not isinstance(experiment_name, str) or not experiment_name.strip():
@@ -211,6 +216,11 @@ def resolve_config(
         raise ValueError(f"Expected argument `finalize_timeout` to be a number >= 0, but got {finalize_timeout!r}")
     if tags is not None and not isinstance(tags, Mapping):
         raise TypeError(f"Expected argument `tags` to be a mapping, but got {type(tags).__name__}")
+    interval, changed = system_interval(system_metrics)
+    if changed:
+        if strict:
+            raise ValueError(changed)
+        warn(changed)
     root = Path(save_dir)
     run_id = check_run_id(run_id) if run_id is not None else None
     common = {"experiment_name": experiment_name, "run_name": run_name}
@@ -227,4 +237,5 @@ def resolve_config(
         finalize_timeout=float(finalize_timeout),
         log_system_info=log_system_info,
         deliver=deliver,
+        system_metrics=interval,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import os
 import platform
 import socket
@@ -74,15 +75,35 @@ def devices() -> dict[str, Any]:
     return info
 
 
+def user() -> str | None:
+    """Who runs the training (the login name, as MLflow's ``mlflow.user``), None when the system cannot say."""
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no passwd entry (a container's arbitrary uid), no LOGNAME
+        return None
+
+
+def entry_point(argv: list[str]) -> str | None:
+    """The script or program that started the run (``sys.argv[0]``), absolute when it is a file: MLflow's source."""
+    if not argv or not argv[0] or argv[0] in ("-c", "-m"):
+        return None
+    first = argv[0]
+    return os.path.abspath(first) if os.path.isfile(first) else first
+
+
 def collect(argv: list[str] | None = None) -> dict[str, Any]:
-    """Everything recorded as ``dualtrack.*`` tags (MLflow) and ``dualtrack/meta/*`` config (W&B)."""
+    """Everything recorded as ``dualtrack.*`` tags (MLflow, which also gets its standard ``mlflow.user`` /
+    ``mlflow.source.*`` tags from ``user``, ``entry_point`` and ``git_commit``) and ``dualtrack/*`` config (W&B)."""
+    argv = list(argv if argv is not None else sys.argv)
     meta: dict[str, Any] = {}
     meta.update(versions())
     meta.update(devices())
     meta["host"] = socket.gethostname()
     meta["pid"] = os.getpid()
     meta["cwd"] = os.getcwd()
-    meta["command"] = " ".join(redact_argv(argv if argv is not None else sys.argv))
+    meta["user"] = user()
+    meta["entry_point"] = entry_point(redact_argv(argv))
+    meta["command"] = " ".join(redact_argv(argv))
     meta.update(git_state())
     return {k: v for k, v in meta.items() if v is not None}
 

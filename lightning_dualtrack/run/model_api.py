@@ -9,12 +9,29 @@ for the delivery process's answer.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from lightning_dualtrack.core import records
 from lightning_dualtrack.run import compat
+
+
+class RegisteredModelVersion(NamedTuple):
+    """What :meth:`ModelLogging.register_model` answers: read like MLflow's ``ModelVersion`` (``mv.name``,
+    ``mv.version``) or unpacked as a pair (``name, version = ...``).
+
+    ``version`` is MLflow's version number as a string (``"1"``), or None when it was not known in time
+    (``wait=False``, or the delivery service had not registered it within 60 s).
+
+    Example:
+        >>> mv = RegisteredModelVersion("clip_har", "3")
+        >>> mv.version, tuple(mv)
+        ('3', ('clip_har', '3'))
+    """
+
+    name: str
+    version: str | None
 
 
 class ModelLogging:
@@ -53,17 +70,18 @@ class ModelLogging:
     def register_model(
         self, model_name: str, model_uri: str | None = None, description: str | None = None, aliases: Sequence[str] = (),
         artifact_path: str = "model", wait: bool = True,
-    ) -> tuple[str, str | None] | None:
+    ) -> RegisteredModelVersion | None:
         """Register a logged model (``artifact_path`` of this run, or ``model_uri``: ``runs:/last/<path>`` is this
-        run's) in the MLflow registry. Returns ``(name, version)`` once the delivery process has registered it
-        (blocking, at most 60 s; version None after that or with ``wait=False``). A bad URI raises ``ValueError``."""
+        run's) in the MLflow registry. Returns a :class:`RegisteredModelVersion` (``.name``, ``.version``; unpacks as
+        ``name, version``) once the delivery process has registered it (blocking, at most 60 s; ``version`` None
+        after that or with ``wait=False``); None when MLflow is off. A bad URI raises ``ValueError``."""
         compat.check_model_uri(model_uri)
         self._ensure_started()
         self._append(records.register(model_name, model_uri, artifact_path, description, aliases))
         if not self._config.enabled("mlflow"):
             return None
         version = compat.wait_for_version(self.tracking_uri, model_name, self.mlflow_run_id) if wait else None
-        return model_name, version
+        return RegisteredModelVersion(model_name, version)
 
     @rank_zero_only
     def push_to_hub(

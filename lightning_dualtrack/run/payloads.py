@@ -55,6 +55,8 @@ class Payloads:
         self.messages = messages
         self.run_id = run_id
         self.logged_ckpt_time: dict[str, float] = {}
+        # per checkpoint callback (its state key): checkpoint path -> run-relative copy, for those logged and still kept
+        self.logged_by_callback: dict[str, dict[str, str]] = {}
 
     # -- writing --------------------------------------------------------------------------------------
     def disk_error(self, kind: str, target: Any, err: OSError) -> None:
@@ -244,10 +246,15 @@ class Payloads:
         return rel, ap
 
     def checkpoints(self, checkpoint_callback: Any) -> list[dict[str, Any]]:
-        """The checkpoints saved since the last call, as redacted copies in the run; their records."""
+        """The checkpoints saved since the last call, as redacted copies in the run; their records. Then a
+        ``delete`` record for each one logged before that the callback removed since (:meth:`evicted`)."""
         from lightning.pytorch.loggers.utilities import _scan_checkpoints
 
         out = []
+        try:
+            owned = self.logged_by_callback.setdefault(_callback_key(checkpoint_callback), {})
+        except ReferenceError:  # Lightning hands over a weak proxy: its callback is gone with its trainer
+            return []
         # "best" only where a metric decides it: a callback without ``monitor`` calls its latest save "best"
         best = getattr(checkpoint_callback, "best_model_path", None) if getattr(checkpoint_callback, "monitor", None) else None
         for mtime, path, score, _tag in _scan_checkpoints(checkpoint_callback, self.logged_ckpt_time):
@@ -270,7 +277,50 @@ class Payloads:
             meta = {"score": _score(score), "original_filename": name, **checkpoint_settings(checkpoint_callback)}
             out.append(records.checkpoint(rel, aliases, f"model-{self.run_id}", meta))
             self.logged_ckpt_time[path] = mtime
+            owned[path] = rel
+        return out + self.evicted(checkpoint_callback)
+
+    def evicted(self, checkpoint_callback: Any) -> list[dict[str, Any]]:
+        """``delete`` records for the logged checkpoints of this callback that it removed: no longer among those it
+        keeps (``best_k_models``, ``best_model_path``, ``last_model_path``) and gone from disk. Lightning calls the
+        logger just before it removes an evicted file, so an eviction is seen at the next save or at ``finalize``; a
+        file the callback does not keep but leaves on disk (``save_top_k=-1`` without a monitor, a checkpoint resumed
+        from) is never removed from the backends."""
+        key = _callback_key(checkpoint_callback)
+        owned = self.logged_by_callback.setdefault(key, {})
+        kept = _kept_checkpoints(checkpoint_callback)
+        out = []
+        for path, rel in list(owned.items()):
+            if path in kept or not _removed(path):
+                continue
+            del owned[path]
+            self.logged_ckpt_time.pop(path, None)
+            if any(rel in paths.values() for paths in self.logged_by_callback.values()):
+                continue  # a checkpoint still kept was uploaded under the same name: the backends' copy stays
+            reason = (f"removed by {checkpoint_callback.__class__.__name__}(monitor={getattr(checkpoint_callback, 'monitor', None)!r}, "
+                      f"save_top_k={getattr(checkpoint_callback, 'save_top_k', None)}): not among the checkpoints it keeps")
+            out.append(records.delete(rel, "checkpoints", reason, f"model-{self.run_id}", {"original_filename": Path(rel).name}))
         return out
+
+
+def _callback_key(callback: Any) -> str:
+    """Which checkpoint callback logged a checkpoint (two callbacks may share a directory): its state key."""
+    return str(getattr(callback, "state_key", None) or getattr(callback, "dirpath", None) or callback.__class__.__name__)
+
+
+def _kept_checkpoints(callback: Any) -> set[str]:
+    """The checkpoint files the callback keeps (what ``_scan_checkpoints`` would log)."""
+    kept = {str(p) for p in (getattr(callback, "best_k_models", None) or {})}
+    for attr in ("best_model_path", "last_model_path"):
+        if getattr(callback, attr, None):
+            kept.add(str(getattr(callback, attr)))
+    return kept
+
+
+def _removed(path: str) -> bool:
+    """Whether a checkpoint the callback no longer keeps is gone: a local file no longer on disk (a remote one, which
+    cannot be looked at cheaply, is taken as removed, as Lightning removes those it evicts)."""
+    return "://" in path or not os.path.exists(path)
 
 
 # The callback settings WandbLogger puts in a checkpoint artifact's metadata (under the callback's class name).

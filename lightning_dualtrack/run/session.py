@@ -76,7 +76,7 @@ class Run:
         self.dropped_records = 0
         self.lost_payloads = 0
         self.last_report: dict[str, Any] | None = None
-        self.checkpoint_callbacks: dict[int, Any] = {}  # log_model=True: every ModelCheckpoint that saved
+        self.checkpoint_callbacks: dict[int, Any] = {}  # every ModelCheckpoint that saved (log_model): looked at in finalize
         self._metadata_logged = False
         self._said_start = False
         self._next_check = 0.0

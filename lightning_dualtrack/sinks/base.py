@@ -12,7 +12,9 @@ methods that import nothing of its backend:
 * which identity fields the other backends write into their runs (:attr:`Sink.link_fields`);
 * its lines in the final report and in ``dualtrack status`` (:meth:`Sink.where`, :meth:`Sink.hints`);
 * its rules for what the user logs (:attr:`Sink.policy`, applied on the training thread: see
-  :class:`lightning_dualtrack.run.policy.KeyRules`).
+  :class:`lightning_dualtrack.run.policy.KeyRules`);
+* its own upload of what it keeps locally, after ``dualtrack sync`` delivered a run (:attr:`Sink.upload_flag`,
+  :meth:`Sink.upload`: W&B's offline directories through ``wandb sync``).
 
 The logger's arguments, ``run.json``, LightningCLI's ``--use_<name>``/``--no_<name>`` switches and ``dualtrack
 status`` are all read from these, through the registry (:mod:`lightning_dualtrack.sinks`).
@@ -31,6 +33,7 @@ from typing import Any, ClassVar
 from lightning_dualtrack.core.errors import DeliveryError
 from lightning_dualtrack.core.io import RUN_FILE, read_json
 from lightning_dualtrack.core.journal import Entry
+from lightning_dualtrack.core.summary import RunSummary
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,9 @@ class RunContext:
     run_dir: Path
     settings: dict[str, Any]
     secrets: dict[str, dict[str, str]] = field(default_factory=dict)  # sink name -> credentials (never on disk)
+    #: the training process whose system figures are sampled (the delivery service's parent); None in ``dualtrack
+    #: sync``, which runs after training
+    system_pid: int | None = None
 
     @classmethod
     def load(cls, run_dir: str | os.PathLike, secrets: Mapping[str, Mapping[str, str]] | None = None) -> RunContext:
@@ -130,6 +136,12 @@ class RunContext:
     def run_id(self) -> str:
         return self.settings["run_id"]
 
+    @property
+    def system_interval(self) -> float | None:
+        """Seconds between two samples of the training process's system figures while it trains (None: off)."""
+        value = self.settings.get("system_metrics")
+        return float(value) if self.system_pid and isinstance(value, (int, float)) and value > 0 else None
+
     def section(self, sink: str) -> dict[str, Any]:
         """The backend's own settings (its section of ``run.json``)."""
         return dict(self.settings.get(sink) or {})
@@ -142,7 +154,7 @@ class Sink:
     """One backend. Only a sink module imports its backend, and only inside the methods that need it.
 
     Required: :meth:`open`, :meth:`deliver`, :meth:`close`. Optional hooks (the defaults do nothing):
-    :meth:`link`, :meth:`report_health`, :meth:`abandon`, :meth:`durable_offset` (a sink whose backend
+    :meth:`link`, :meth:`describe`, :meth:`report_health`, :meth:`report_system`, :meth:`abandon`, :meth:`durable_offset` (a sink whose backend
     acknowledges before it stores returns what provably is stored), :meth:`hold` (with ``holds_open``), and
     ``fallback_reason`` (a sentence delivery prints once, e.g. "recording offline"). Errors raised are those of
     :mod:`lightning_dualtrack.core.errors`, or the backend's own, which :meth:`classify` maps.
@@ -209,6 +221,11 @@ class Sink:
         """Commands that open (or upload) what the backend stored, for ``dualtrack status``."""
         return []
 
+    @classmethod
+    def upload_command(cls, run_dir: str | os.PathLike, state: Mapping[str, Any]) -> str | None:
+        """The command that uploads what the backend recorded locally for this run (W&B offline), or None."""
+        return None
+
     # -- one run ------------------------------------------------------------------------------------
     def __init__(self, ctx: RunContext) -> None:
         self.ctx = ctx
@@ -217,6 +234,7 @@ class Sink:
         self.progress = 0  # entries of the current deliver() call already stored (for partial retries)
         self.on_stored: Callable[[int], None] | None = None  # set by the worker: ack as requests succeed
         self.response_times = ResponseTimes()  # each backend request's latency (health: p50/p95 per backend)
+        self.on_note: Callable[[str, str], None] | None = None  # set by the worker: one line per subject in delivery.log
 
     @property
     def section(self) -> dict[str, Any]:
@@ -226,6 +244,12 @@ class Sink:
     @property
     def secrets(self) -> dict[str, str]:
         return dict(self.ctx.secrets.get(self.name) or {})
+
+    def note(self, subject: str, message: str) -> None:
+        """Say once per ``subject`` (in the run's ``delivery.log``) what the backend could not do and why, when that is
+        not a failure to retry (an artifact store that cannot delete)."""
+        if self.on_note is not None:
+            self.on_note(subject, message)
 
     def stored(self, n: int) -> None:
         """The first ``n`` entries of the current :meth:`deliver` call are stored (called after each request)."""
@@ -256,6 +280,31 @@ class Sink:
 
     def report_health(self, health: dict[str, float], step: int | None) -> None:
         """Record delivery's own health figures (where the backend keeps system figures)."""
+
+    def describe(self, summary: RunSummary, others: list[dict[str, Any]]) -> None:
+        """Write the run's description (MLflow: ``mlflow.note.content``) from what delivery folded out of the journal;
+        ``others``: per other backend ``{"title", "url", "where", "upload"}``. Called at each session's end, best
+        effort."""
+
+    def report_system(self, samples: list[tuple[int, int, dict[str, float]]]) -> None:
+        """Record samples of the training process's system figures, each ``(index, t_ms, figures)``: ``index`` counts
+        the run's samples from 0, ``figures`` uses the generic names of
+        :mod:`lightning_dualtrack.delivery.sysmetrics` (``cpu_percent``, ``gpu/0/utilization_percent``...), which the
+        sink names as its backend does. Delivery calls it only on sinks that define it, between requests, best effort:
+        a failure keeps the samples for the next call (at most the latest 720). A backend with its own system monitor
+        (W&B) leaves this out and points its monitor at ``ctx.system_pid``."""
+
+    #: ``dualtrack sync --<upload_flag>`` / ``--no-<upload_flag>``: the backend's own upload of its local files once the
+    #: run is delivered (None: the backend keeps nothing to upload); ``upload_help`` documents it in ``--help``
+    upload_flag: ClassVar[str | None] = None
+    upload_help: ClassVar[str] = ""
+
+    @classmethod
+    def upload(cls, run_dir: Path, state: Mapping[str, Any], wanted: bool | None, log: Callable[[str], None]) -> bool:
+        """After ``dualtrack sync`` delivered the run (``state``: this sink's ``state/<name>.json``): upload what the
+        backend keeps locally. ``wanted``: the flag (None: neither given, the backend's default). Returns False when
+        something is left to upload (said through ``log``)."""
+        return True
 
     def abandon(self) -> None:
         """Release resources without ending the run (delivery is stopping with work pending)."""

@@ -125,14 +125,19 @@ def test_watch_logs_gradient_and_parameter_statistics_every_log_freq_steps(tmp_p
         logger.watch(model, log_freq=0)
 
 
-def test_register_model_returns_name_and_version(mlflow_server) -> None:
+def test_register_model_answers_like_mlflows_model_version(mlflow_server) -> None:
     import torch
 
     logger = _logger(mlflow_server)
     logger.log_model(torch.nn.Linear(2, 2), "models", input_example=np.zeros((1, 2), np.float32))
-    result = logger.register_model(model_name=f"m_{uuid.uuid4().hex[:6]}", model_uri="runs:/last/models")
+    name = f"m_{uuid.uuid4().hex[:6]}"
+    mv = logger.register_model(model_name=name, model_uri="runs:/last/models")
     logger.finalize("success")
-    assert result is not None and result[1] == "1"
+    assert (mv.name, mv.version) == (name, "1")  # what `mlflow.register_model(...)` users read
+    registered_name, version = mv  # and what `(name, version)` users unpack
+    assert (registered_name, version) == (name, "1")
+    client, _ = _mlflow_run(mlflow_server, logger)
+    assert client.get_model_version(name, mv.version).run_id == logger.mlflow_run_id
 
 
 def test_log_figure_in_a_loop_keeps_each(mlflow_server) -> None:

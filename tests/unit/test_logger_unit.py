@@ -405,3 +405,14 @@ def test_inputs_of_the_wrong_type_are_warnings_not_errors(tmp_path) -> None:
     assert [r["s"] for r in records(logger, "metrics")] == [1]
     with pytest.raises((TypeError, AttributeError, ValueError)):
         journal_logger(tmp_path / "strict", strict=True).log_table("t", ["a"], 5)
+
+
+def test_register_model_without_waiting_answers_name_and_no_version(tmp_path) -> None:
+    logger = journal_logger(tmp_path)
+    mv = logger.register_model("clip_har", model_uri="runs:/last/model", wait=False)
+    logger.finalize("success")
+    assert (mv.name, mv.version) == ("clip_har", None)
+    name, version = mv
+    assert (name, version) == ("clip_har", None)
+    assert records(logger, "register")[0]["name"] == "clip_har"
+    assert journal_logger(tmp_path, mlflow=False).register_model("clip_har", wait=False) is None

@@ -44,7 +44,8 @@ def _param_value(value: Any) -> str:
 
 def model_params(metadata: Mapping[str, Any]) -> dict[str, str]:
     """The model's metadata as LoggedModel params: ``class_names`` (JSON list, the logits' order),
-    ``num_classes``, ``preprocess.<key>`` (size, mean, std, interpolation, resize_mode...), ``output``, ``source``."""
+    ``num_classes``, ``preprocess.<key>`` (size, mean, std, interpolation, resize_mode...), ``output``, ``source``,
+    and the export's parity checks (``metadata["parity"]``: ``export/pt2_max_abs_diff``...)."""
     params: dict[str, str] = {}
     names = metadata.get("class_names")
     if names:
@@ -55,6 +56,8 @@ def model_params(metadata: Mapping[str, Any]) -> dict[str, str]:
     for key in ("output", "source"):
         if metadata.get(key):
             params[key] = _param_value(metadata[key])
+    for key, value in dict(metadata.get("parity") or {}).items():  # export/pt2_max_abs_diff...: the export's checks
+        params[str(key)] = _param_value(value)
     return params
 
 

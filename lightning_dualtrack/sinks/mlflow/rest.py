@@ -140,6 +140,30 @@ class RestApi:
             return True
         raise classify_http(resp.status_code, resp.content, resp.headers, f"artifact upload {dest}")
 
+    def delete_artifact(self, artifact_uri: str, path: str) -> bool:
+        """DELETE one artifact (file or directory) on a server that proxies artifacts; False if it does not. What is
+        already gone is deleted (the server answers 200). A server without the route raises ``NotImplementedError``."""
+        import requests
+
+        if not artifact_uri.startswith("mlflow-artifacts:/"):
+            return False
+        from urllib.parse import quote
+
+        dest = "/".join(p for p in (artifact_uri[len("mlflow-artifacts:") :].strip("/"), path.strip("/")) if p)
+        self.requests += 1
+        started = self.response_times.start()
+        try:
+            resp = self.session.delete(f"{self.base}/api/2.0/mlflow-artifacts/artifacts/{quote(dest)}", timeout=self.timeout)
+        except requests.RequestException as err:
+            raise TransientError(f"artifact delete: {type(err).__name__}: {str(err)[:300]}") from err
+        finally:
+            self.response_times.stop(started)
+        if resp.status_code in (200, 404):
+            return True
+        if resp.status_code in (405, 501):  # a server (or a proxy in front of it) without the DELETE route
+            raise NotImplementedError(f"artifact delete: HTTP {resp.status_code} (not implemented by the server)")
+        raise classify_http(resp.status_code, resp.content, resp.headers, f"artifact delete {dest}")
+
     def create_run(self, experiment_id: str, start_time: int | None, tags: dict[str, str], run_name: str | None) -> str:
         body: dict[str, Any] = {"experiment_id": experiment_id, "tags": [{"key": k, "value": v} for k, v in tags.items()]}
         if start_time is not None:
@@ -153,6 +177,9 @@ class RestApi:
         if end_time is not None:
             body["end_time"] = end_time
         self._call("POST", "runs/update", body)
+
+    def set_experiment_tag(self, experiment_id: str, key: str, value: str) -> None:
+        self._call("POST", "experiments/set-experiment-tag", {"experiment_id": experiment_id, "key": key, "value": value})
 
     def log_batch(self, run_id: str, metrics=(), params=(), tags=()) -> None:
         body = {
@@ -225,6 +252,9 @@ class ClientApi:
             self.call(self.client.update_run, run_id, status="RUNNING")
         else:
             self.call(self.client.set_terminated, run_id, status=status, end_time=end_time)
+
+    def set_experiment_tag(self, experiment_id: str, key: str, value: str) -> None:
+        self.call(self.client.set_experiment_tag, experiment_id, key, value)
 
     def log_batch(self, run_id: str, metrics=(), params=(), tags=()) -> None:
         from mlflow.entities import Metric, Param, RunTag

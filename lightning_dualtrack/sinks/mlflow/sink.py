@@ -23,8 +23,10 @@ from lightning_dualtrack.core.imports import _MLFLOW_AVAILABLE
 from lightning_dualtrack.core.io import STATE_DIR, read_json
 from lightning_dualtrack.core.journal import Entry
 from lightning_dualtrack.core.redact import split_url_credentials, strip_url_credentials
+from lightning_dualtrack.core.summary import RunSummary
 from lightning_dualtrack.core.values import param_text
 from lightning_dualtrack.sinks.base import Resolved, RunContext, Setting, Sink
+from lightning_dualtrack.sinks.mlflow.conventions import experiment_tags, standard_tags
 from lightning_dualtrack.sinks.mlflow.errors import classify_mlflow
 from lightning_dualtrack.sinks.mlflow.keys import MLFLOW_MAX_TAG_VALUE, KeyMap, MlflowPolicy
 from lightning_dualtrack.sinks.mlflow.rest import ClientApi, RestApi
@@ -105,6 +107,8 @@ class MlflowSink(Sink):
                 help="MLflow tracking URI; ``user:pass@`` credentials in it are used but never written anywhere"),
         Setting("registry_uri", "registry_uri", env="MLFLOW_REGISTRY_URI",
                 help="MLflow model registry URI (default: the tracking URI)"),
+        Setting("experiment_tags", "mlflow_experiment_tags", annotation=dict[str, str] | None,
+                help="tags set on the MLflow experiment (``{key: value}``: what the experiment is; the runs' own tags are ``tags``)"),
     )
     link_fields = ("run_id", "experiment_id", "tracking_uri", "url")
     policy = MlflowPolicy()
@@ -125,6 +129,7 @@ class MlflowSink(Sink):
             if password:
                 secrets[f"{prefix}_password"] = password
         out.secrets.update(secrets)
+        out.settings["experiment_tags"] = experiment_tags(out.settings.get("experiment_tags"), out.warnings)
         return out
 
     @classmethod
@@ -202,6 +207,7 @@ class MlflowSink(Sink):
             # run_id=<an MLflow run id> (MLFlowLogger's meaning): continue that run, in its own experiment
             existing = self.api.run_experiment_id(self.ctx.run_id)
         self.experiment_id = state.get("experiment_id") or existing or self.api.experiment_id(s["experiment_name"])
+        self._set_experiment_tags()
         # A create whose answer was lost must not make a second run: look for ours first.
         run_id = state.get("run_id") or (self.ctx.run_id if existing else None) or self.api.find_run(self.experiment_id, self.ctx.run_id)
         if run_id is None:
@@ -271,6 +277,28 @@ class MlflowSink(Sink):
         metrics = [(f"{HEALTH_PREFIX}{k}", float(v), ts, step or 0) for k, v in sorted(health.items())]
         self.api.log_batch(self.run_id, metrics=metrics)
 
+    def _set_experiment_tags(self) -> None:
+        for key, value in sorted((self.section.get("experiment_tags") or {}).items()):
+            self.api.set_experiment_tag(self.experiment_id, key, value)
+
+    def describe(self, summary: RunSummary, others: list[dict[str, Any]]) -> None:
+        """``mlflow.note.content``: the run page's description (never over one the user set)."""
+        from lightning_dualtrack.sinks.mlflow.conventions import NOTE_TAG, description
+
+        if summary.user_description or self.run_id is None:
+            return
+        text = description(summary, run_name=self.ctx.settings.get("run_name"), run_dir=str(self.ctx.run_dir.resolve()),
+                           others=others)
+        self.api.log_batch(self.run_id, tags=[(NOTE_TAG, text)])
+
+    def report_system(self, samples: list[tuple[int, int, dict[str, float]]]) -> None:
+        """The training process's system figures, under MLflow's own monitor's names (``system/...``)."""
+        from lightning_dualtrack.sinks.mlflow.system import system_metrics
+
+        metrics = system_metrics(samples)
+        for start in range(0, len(metrics), MAX_METRICS):
+            self.api.log_batch(self.run_id, metrics=metrics[start : start + MAX_METRICS])
+
     # -- delivery ------------------------------------------------------------------------------
     def deliver(self, entries: list[Entry]) -> None:
         # Requests hold whole records where they fit (one record with more than 1000 values spans several),
@@ -334,12 +362,12 @@ class MlflowSink(Sink):
                     params.append((stored, text))
                     pending[0] += len(stored) + len(text) + 64
             elif kind == "tags":
-                for key, value in rec["v"].items():
+                for key, value in {**rec["v"], **standard_tags(rec["v"])}.items():
                     text = str(value)[:MLFLOW_MAX_TAG_VALUE]
                     tags.append((keys.get(key, key), text))
                     pending[0] += len(key) + len(text) + 64
             # ``hist`` (watch's histograms): W&B only; MLflow keeps watch's statistics, which are metrics
-            elif kind in ("file", "image", "table", "cm", "model", "register"):
+            elif kind in ("file", "image", "table", "cm", "model", "register", "delete"):
                 flush(i)
                 getattr(self, f"_deliver_{kind}")(rec)
                 self.stored(i + 1)
@@ -424,6 +452,11 @@ class MlflowSink(Sink):
                     "aliases": rec.get("registry_aliases") or [],
                 }
             )
+
+    def _deliver_delete(self, rec: dict[str, Any]) -> None:
+        from lightning_dualtrack.sinks.mlflow.deletion import delete_checkpoint
+
+        delete_checkpoint(self, rec)  # a checkpoint its callback removed; never one a registered version points to
 
     def _deliver_register(self, rec: dict[str, Any]) -> None:
         name = rec["name"]

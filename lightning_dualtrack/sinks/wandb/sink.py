@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -173,13 +173,28 @@ class WandbSink(Sink):
             return PermanentError(f"W&B refused the run's settings: {str(err)[:400]}")
         return None
 
+    upload_flag = "wandb"
+    upload_help = ("upload the run's offline W&B directories (all of them, oldest first, into its one W&B run id) with "
+                   "W&B's own `wandb sync`, once; recorded in the run's state/wandb.uploaded.json so that a second sync "
+                   "uploads nothing twice. Default: when W&B credentials exist (WANDB_API_KEY or ~/.netrc)")
+
+    @classmethod
+    def upload(cls, run_dir: Path, state: Mapping[str, Any], wanted: bool | None, log: Callable[[str], None]) -> bool:
+        from lightning_dualtrack.sinks.wandb.upload import upload_run
+
+        if wanted is False:
+            return True
+        if wanted is None and not credentials_present():
+            return True  # no credentials: `dualtrack status` shows the `wandb sync` command
+        return upload_run(run_dir, state, log)
+
     @classmethod
     def where(cls, state: Mapping[str, Any]) -> str:
         ident = state.get("identity") or {}
         if not ident.get("url") and ident.get("dirs"):  # offline, resumed by other processes: every part
             try:
                 dirs = json.loads(ident["dirs"])
-                return " + ".join(map(str, dirs)) + f" ({len(dirs)} directories: upload them all with `wandb sync`)"
+                return " + ".join(map(str, dirs)) + f" ({len(dirs)} directories: upload them all with `dualtrack sync --wandb`)"
             except (TypeError, ValueError):
                 pass
         return super().where(state)
@@ -191,8 +206,14 @@ class WandbSink(Sink):
         if not where:
             return []
         if "offline-run" in str(where):
-            every = str(Path(where).parent / "offline-run-*")
-            return [f"W&B:        offline run in {Path(where).parent}  (upload: wandb sync {every})"]
+            from lightning_dualtrack.sinks.wandb.upload import offline_dirs, uploaded_dirs
+
+            run_dir = Path(where).parent.parent
+            done = set(uploaded_dirs(run_dir))
+            left = [d for d in offline_dirs(run_dir, str(ident.get("run_id"))) if str(d.relative_to(run_dir)) not in done]
+            if done and not left:
+                return [f"W&B:        offline run in {Path(where).parent}, uploaded (`dualtrack sync --wandb`)"]
+            return [f"W&B:        offline run in {Path(where).parent}  (upload: dualtrack sync --wandb {run_dir})"]
         return [f"W&B:        {where}"]
 
     def __init__(self, ctx: RunContext, init_timeout: float = 30.0) -> None:
@@ -217,8 +238,34 @@ class WandbSink(Sink):
         self._entry_offset = 0
         self._sessions_held = 0
         self._last_step: int | None = None
+        self._monitor_paused = False
 
     # -- run lifecycle -------------------------------------------------------------------------
+    def _stats_settings(self) -> dict[str, Any]:
+        """W&B's own system monitor, pointed at the training process tree (this process only delivers); off in
+        ``dualtrack sync``, which runs after training, and with ``system_metrics=False``."""
+        interval = self.ctx.system_interval
+        if not interval:
+            return {"x_disable_stats": True, "x_disable_machine_info": True}
+        # wandb-core's monitor runs only with machine info on; with x_disable_meta no environment record is written
+        return {"x_disable_stats": False, "x_disable_machine_info": False, "x_stats_pid": int(self.ctx.system_pid),
+                "x_stats_track_process_tree": True, "x_stats_sampling_interval": float(interval)}
+
+    def _pause_monitor(self, paused: bool) -> None:
+        """Between two sessions the run is held open but nothing trains for it (a sweep trains the next trial): W&B's
+        monitor pauses, as in a notebook between cells (``publish_pause``: private API, best effort)."""
+        if self.run is None or paused == self._monitor_paused or not self.ctx.system_interval:
+            return
+        try:
+            interface = self.run._interface
+            if paused:
+                interface.publish_pause()
+            else:
+                interface.publish_resume()
+            self._monitor_paused = paused
+        except Exception:  # noqa: BLE001 - the monitor goes on sampling; nothing else depends on it
+            pass
+
     def _settings(self, mode: str):
         import wandb
 
@@ -228,9 +275,8 @@ class WandbSink(Sink):
             disable_git=True,
             disable_code=True,
             save_code=False,
-            x_disable_stats=True,  # this process is not the training process
+            **self._stats_settings(),
             x_disable_meta=True,  # we write our own metadata, with secrets redacted
-            x_disable_machine_info=True,
             x_save_requirements=False,
             init_timeout=self.init_timeout,
             x_transaction_log_flush_interval=FILE_FLUSH_S,
@@ -322,6 +368,7 @@ class WandbSink(Sink):
         from lightning_dualtrack.sinks.wandb.runfile import last_history_value
 
         self._flush_row()
+        self._pause_monitor(True)
         self._sessions_held += 1
         self._log({f"{HEALTH_PREFIX}sessions_ended": float(self._sessions_held), STEP_KEY: self._last_step or 0,
                    OFFSET_KEY: offset})
@@ -409,6 +456,7 @@ class WandbSink(Sink):
         # entries only, so a row half-built when a call failed is dropped and rebuilt on the retry.
         self.progress = 0
         self._row, self._row_step = {}, None
+        self._pause_monitor(False)
         for i, entry in enumerate(entries):
             rec = entry.record
             kind = rec.get("k")
@@ -439,7 +487,7 @@ class WandbSink(Sink):
                     self.run.config.update(latest, allow_val_change=True)
             elif kind == "tags":
                 self._deliver_tags(rec["v"])
-            elif kind in ("file", "image", "table", "cm", "model"):
+            elif kind in ("file", "image", "table", "cm", "model", "delete"):
                 getattr(self, f"_deliver_{kind}")(rec)
             self.stored(i + 1)
         self._flush_row()
@@ -555,3 +603,24 @@ class WandbSink(Sink):
             art.add_file(str(path))
         aliases = list(dict.fromkeys([*(rec.get("aliases") or []), "latest"]))
         self.run.log_artifact(art, aliases=aliases)
+
+    def _deliver_delete(self, rec: dict[str, Any]) -> None:
+        """A checkpoint its callback removed (see :mod:`~lightning_dualtrack.sinks.wandb.artifacts`)."""
+        if self.mode != "online":
+            self.note("delete-offline", "W&B offline runs cannot delete an artifact version: checkpoints their callback "
+                                        "removed stay in the offline run and are uploaded with it (`best` and `latest` "
+                                        "are on kept ones; delete the others in W&B's UI or with wandb.Api() after "
+                                        "`dualtrack sync --wandb`)")
+            return
+        import wandb
+
+        from lightning_dualtrack.sinks.wandb.artifacts import delete_versions
+
+        name = rec.get("wandb_name") or f"model-{self.ctx.run_id}"
+        collection = f"{self.run.entity}/{self.run.project}/{name}"
+        try:
+            api = wandb.Api(timeout=30)
+        except Exception as err:  # noqa: BLE001 - best effort: the version stays
+            self.note("delete-api", f"W&B: no public API to delete removed checkpoints ({type(err).__name__}: {err}); they stay")
+            return
+        delete_versions(api, collection, [(rec.get("metadata") or {}).get("original_filename")], self.note)
