@@ -27,6 +27,14 @@ Point = tuple[str, int, Any]
 _FLOAT_MAX = 1.7976931348623157e308
 # delivery.s own health figures: ``system/dualtrack/<sink>/...`` (``dualtrack/...`` before)
 _HEALTH_PREFIXES = ("system/dualtrack/", "dualtrack/")
+
+
+def _not_logged(key: str) -> bool:
+    """A key the delivery service writes itself: its health metrics and the sampled system metrics."""
+    from lightning_dualtrack.sinks.mlflow.system import NAMES, PREFIX
+
+    sampled = key.startswith(PREFIX) and (key[len(PREFIX):] in NAMES.values() or key[len(PREFIX):].startswith("gpu_"))
+    return key.startswith(_HEALTH_PREFIXES) or sampled
 _W_INTERNAL = {"_step", "_runtime", "_timestamp", "_dualtrack_offset", "trainer/global_step"}
 
 
@@ -126,7 +134,7 @@ def mlflow_points(tracking_uri: str, run_id: str, keys: Iterable[str] | None = N
 
     client = MlflowClient(tracking_uri)
     if keys is None:
-        keys = [k for k in client.get_run(run_id).data.metrics if not k.startswith(_HEALTH_PREFIXES)]
+        keys = [k for k in client.get_run(run_id).data.metrics if not _not_logged(k)]
     out: Counter = Counter()
     for key in keys:
         for m in client.get_metric_history(run_id, key):
@@ -143,7 +151,7 @@ def mlflow_points_db(db_path: Path, run_id: str) -> Counter:
         rows = conn.execute("SELECT key, step, value, is_nan FROM metrics WHERE run_uuid = ?", (run_id,)).fetchall()
     finally:
         conn.close()
-    return Counter((k, s, "nan" if nan else norm(v)) for k, s, v, nan in rows if not k.startswith(_HEALTH_PREFIXES))
+    return Counter((k, s, "nan" if nan else norm(v)) for k, s, v, nan in rows if not _not_logged(k))
 
 
 def to_mlflow_keys(points: Counter, keymap: Mapping[str, str]) -> Counter:
