@@ -34,9 +34,17 @@ _REMOVED_ENV = (
 )
 
 
+@pytest.fixture(scope="session")
+def _wandb_dirs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("wandb_dirs")
+
+
 @pytest.fixture(autouse=True)
-def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Run the test in ``tmp_path`` with W&B quiet and writing under it, and no backend credentials."""
+def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest,
+                 _wandb_dirs: Path) -> Path:
+    """Run the test in ``tmp_path`` with W&B quiet and no backend credentials. W&B's own directories (staging,
+    cache, settings) are the worker's, so that the worker's delivery service serves every test (a test marked
+    ``fresh_service`` has its own, under ``tmp_path``)."""
     for name in _REMOVED_ENV:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("WANDB_SILENT", "true")
@@ -50,8 +58,8 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         ("WANDB_CONFIG_DIR", "wandb_config"),
         ("WANDB_ARTIFACT_DIR", "wandb_artifacts"),
     ):
-        path = tmp_path / sub
-        path.mkdir()
+        path = (tmp_path if request.node.get_closest_marker("fresh_service") else _wandb_dirs) / sub
+        path.mkdir(exist_ok=True)
         monkeypatch.setenv(name, str(path))
     monkeypatch.chdir(tmp_path)
     return tmp_path
@@ -69,13 +77,21 @@ def _reset_mlflow_global_tracking_uri(isolated_env: Path) -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
-def _fresh_delivery_service() -> Iterator[None]:
-    """Each test as its own training process: the runs it left open are ended and its delivery service is shut
-    down afterwards, so that the next test's service has its environment (and none of its held runs)."""
-    yield
+def _delivery_service_between_tests(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Each test ends the runs it left open (their backend runs ended, bounded), as the end of a training process
+    would. The worker's delivery service is kept for the next test -- starting one (``import wandb``,
+    ``wandb-core``) costs seconds of CPU; one whose environment differs from the next logger's is retired by the
+    client itself -- unless it died or was restarted, or the test is marked ``fresh_service`` (it starts with none
+    and ends the one it starts)."""
+    from lightning_dualtrack.delivery import client
     from lightning_dualtrack.run.session import end_all_runs
 
-    end_all_runs()
+    fresh = request.node.get_closest_marker("fresh_service") is not None
+    if fresh:
+        end_all_runs()
+    yield
+    service = client.current()
+    end_all_runs(keep_service=not fresh and service is not None and service.alive() and service.restarts == 0)
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -49,11 +50,33 @@ def service_env() -> dict[str, str]:
     return env
 
 
+# the variables that change what delivery does (backends, credentials, proxies, certificates, where files go)
+_DELIVERY_ENV = re.compile(r"^(WANDB_|MLFLOW_|DUALTRACK_|AWS_|AZURE_|GOOGLE_|(HTTPS?|NO|ALL)_PROXY$|REQUESTS_CA_BUNDLE$|"
+                           r"CURL_CA_BUNDLE$|SSL_CERT_|PYTHONPATH$)", re.IGNORECASE)
+
+
+def delivery_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The part of an environment that the delivery service's behaviour depends on.
+
+    Example:
+        >>> delivery_env({"WANDB_DIR": "/w", "PL_GLOBAL_SEED": "1", "https_proxy": "p", "MLFLOW_TRACKING_URI": "u"})
+        {'WANDB_DIR': '/w', 'https_proxy': 'p', 'MLFLOW_TRACKING_URI': 'u'}
+    """
+    return {k: v for k, v in env.items() if _DELIVERY_ENV.match(k)}
+
+
 def service(warn: Callable[[str], None], warm: Sequence[str] = ()) -> DeliveryService:
     """This process's delivery service, started on the first call (warming up the backends in ``warm``); the end of
-    the process calls :meth:`DeliveryService.shutdown` after the runs have ended (``run.session``'s exit handler)."""
+    the process calls :meth:`DeliveryService.shutdown` after the runs have ended (``run.session``'s exit handler).
+
+    A service with no run left to follow whose environment is not the process's any more (a notebook set
+    ``WANDB_DIR`` or a proxy between two experiments) is retired -- it finishes what it holds on its own -- and a new
+    one starts with the new environment. A service still following a run is kept."""
     global _SERVICE
     with _SERVICE_LOCK:
+        if _SERVICE is not None and _SERVICE.owner == os.getpid() and _SERVICE.stale():
+            _SERVICE.retire()
+            _SERVICE = None
         if _SERVICE is None or _SERVICE.owner != os.getpid():
             _SERVICE = DeliveryService(warn, warm)
             _SERVICE.start()
@@ -107,6 +130,7 @@ class DeliveryService:
         self._gave_up = False
         self._lock = threading.Lock()
         self.exit_wait = EXIT_WAIT_S  # the longest finalize_timeout of the runs followed: what the process end waits
+        self.env: dict[str, str] = {}  # the environment it was started with
 
     # -- start -------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -115,6 +139,7 @@ class DeliveryService:
             log = open(self.log_path, "ab")
         except OSError:
             log = subprocess.DEVNULL
+        self.env = service_env()
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "lightning_dualtrack.delivery", "--parent-pid", str(os.getpid()), "--idle",
@@ -122,7 +147,7 @@ class DeliveryService:
                 stdin=subprocess.PIPE,
                 stdout=log,
                 stderr=log,
-                env=service_env(),
+                env=self.env,
                 close_fds=True,
                 # Its own process group, so Ctrl-C in the terminal (sent to the foreground group) does not stop
                 # delivery -- but the same session: with scheduler autogrouping (on by default on Linux) a new
@@ -273,6 +298,26 @@ class DeliveryService:
                   file=sys.stderr, flush=True)
             _reraise(received[0], previous.get(received[0]))
         return states, False
+
+    # -- a new environment ------------------------------------------------------------------------
+    def stale(self) -> bool:
+        """No run to follow any more, and started with another delivery environment than the process has now."""
+        return (not self.followed and not self._later and self.proc is not None
+                and delivery_env(self.env) != delivery_env(service_env()))
+
+    def retire(self) -> None:
+        """Close its input without waiting: it ends what it holds, delivers what is left and exits by itself."""
+        with self._lock:
+            deadline = time.monotonic() + 2.0
+            while self._pending and time.monotonic() < deadline and self.alive():
+                self._flush()
+                time.sleep(0.01)
+        try:
+            self.proc.stdin.close()
+        except (OSError, AttributeError):
+            pass
+        if self.alive():
+            unidle(self.proc.pid)
 
     # -- the end of the process ------------------------------------------------------------------
     def shutdown(self, timeout: float | None = None) -> None:

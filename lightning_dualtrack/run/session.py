@@ -631,23 +631,26 @@ class Run:
             self.delivery.end_later(self.run_dir)
 
 
-def end_all_runs() -> None:
+def end_all_runs(keep_service: bool = False) -> None:
     """The end of the process (run at interpreter exit): every run still open ends (a run whose training raised:
     ``failed``), then the delivery service is told the process is exiting and this waits, bounded, for it to end
-    the backend runs. After it, the next logger starts a new delivery service."""
-    from lightning_dualtrack.run.compat import exit_status, hold_sigterm_in_spawned_worker
+    the backend runs. After it, the next logger starts a new delivery service.
 
+    ``keep_service``: end every run and wait, bounded, for its backend runs to end, but keep the delivery service
+    for the next logger (a notebook between experiments; the test suite between tests)."""
     service = client.current()
     if _OPEN or service is not None:
-        hold_sigterm_in_spawned_worker()  # ddp_spawn: torch SIGTERMs a failed worker while this ends its run
+        compat.hold_sigterm_in_spawned_worker()  # ddp_spawn: torch SIGTERMs a failed worker while this ends its run
     for run in list(_OPEN):
         try:
-            if run.journal is not None and not run.finalized:
-                run.finalize(exit_status())
+            if keep_service:
+                run.finalize(compat.exit_status(), final=True)
+            elif run.journal is not None and not run.finalized:
+                run.finalize(compat.exit_status())
             _OPEN.discard(run)
         except Exception as err:  # noqa: BLE001 - one run's end must not stop the others'
             print(f"[dualtrack] ending run {run.config.run_id} at exit failed: {type(err).__name__}: {err}", file=sys.stderr)
-    if service is not None:
+    if service is not None and not keep_service:
         service.shutdown()
         client.forget(service)
 

@@ -141,6 +141,7 @@ class EpochModel(BoringModel):
 # test_wandb.py::test_wandb_logger_dirs_creation. Differences (README): `save_dir` is the run directory
 # (`save_dir/<run id>`; the argument is `root_dir`), `name` the experiment name (MLFlowLogger: the experiment id;
 # WandbLogger: the project), `version` this logger's run id (MLFlowLogger: the MLflow run id).
+@pytest.mark.fresh_service  # the delivery service's WANDB_DIR is this test's
 def test_logger_dirs_creation(mlflow_server, tmp_path: Path) -> None:
     root = tmp_path / "runs"
     logger = new_logger(mlflow_server, tmp_path, experiment_name=f"project_{uuid.uuid4().hex[:6]}")
@@ -410,6 +411,7 @@ def test_wandb_run_already_in_progress(mlflow_server, tmp_path: Path) -> None:
 # wandb-core service in os.environ (WANDB_SERVICE). Inherited by the delivery process, it wrote this logger's run
 # through the *user's* service: a relative save_dir was resolved against that process's working directory (the run
 # file was not under the run directory at all) and the held run would end with that service. Not ours: dropped.
+@pytest.mark.fresh_service  # a service started before the user's wandb.init would pass this without a check
 def test_a_users_wandb_service_is_not_inherited_by_delivery(mlflow_server, tmp_path: Path, monkeypatch) -> None:
     import wandb
 

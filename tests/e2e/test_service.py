@@ -22,7 +22,7 @@ from lightning_dualtrack.delivery.rundelivery import DeliveryBusy, acquire_lock,
 from lightning_dualtrack.delivery.state import append_rejected, lock_holder, lock_is_held, save_state
 from tests.unit.delivery.fakes import make_run, metrics
 
-pytestmark = [pytest.mark.slow]
+pytestmark = [pytest.mark.slow, pytest.mark.fresh_service]  # each test is a training process's life
 
 
 def _unreachable_run(tmp_path: Path, *, end: bool = False) -> Path:
@@ -168,6 +168,40 @@ def test_a_sweep_in_one_process_uses_one_service_and_ends_each_dropped_trials_ru
         assert mlflow.get_run(rid).info.status == "FINISHED"
         assert sorted(m.step for m in mlflow.get_metric_history(rid, "train/loss")) == list(range(8))
     assert service.alive()
+
+
+def test_a_new_environment_gets_a_new_service_once_no_run_is_followed(mlflow_server, tmp_path, monkeypatch) -> None:
+    """A notebook sets a delivery variable (here a ``DUALTRACK_`` one; ``WANDB_DIR``, a proxy) between experiments:
+    the next logger's service has it. A service still following a run is kept; a retired one exits by itself."""
+    import psutil
+
+    from lightning_dualtrack import DualTrackLogger
+
+    def logger(name: str) -> DualTrackLogger:
+        lg = DualTrackLogger(experiment_name="env", run_name=name, tracking_uri=mlflow_server.url, wandb_mode="offline",
+                             save_dir=tmp_path / "runs", log_system_info=False)
+        lg.log_metrics({"x": 1.0}, step=0)
+        return lg
+
+    first = logger("a")
+    first.end_run()
+    second = logger("b")  # the same environment: the same service
+    assert second._run.delivery is first._run.delivery
+    monkeypatch.setenv("DUALTRACK_EXAMPLE_SETTING", "1")
+    third = logger("c")  # "b" is still followed: kept
+    assert third._run.delivery is first._run.delivery
+    second.end_run()
+    third.end_run()
+    old = first._run.delivery
+    fourth = logger("d")  # nothing followed any more and the environment changed: a new service, with it
+    new = fourth._run.delivery
+    assert new is not old and new.pid != old.pid and new.env["DUALTRACK_EXAMPLE_SETTING"] == "1"
+    assert psutil.Process(new.pid).environ()["DUALTRACK_EXAMPLE_SETTING"] == "1"
+    old.proc.wait(timeout=30)  # the retired one ended what it held and exited
+    assert old.proc.returncode == 0
+    fourth.end_run()
+    for lg in (first, second, third, fourth):
+        assert lg._run.last_report and all(s.get("closed") for s in lg._run.last_report.values()), lg.run_id
 
 
 def test_at_most_four_runs_are_kept_open_between_sessions(mlflow_server, tmp_path) -> None:

@@ -22,10 +22,12 @@ READY one is not uploaded twice, and a registered version with that ``model_id``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +131,26 @@ def deliver_logged_model(sink: Any, rec: Mapping[str, Any]) -> str:
     return model.model_id
 
 
+_GLOBAL_URI = threading.Lock()
+
+
+@contextlib.contextmanager
+def store_global_uri(tracking_uri: str) -> Iterator[None]:
+    """Point MLflow's process-global tracking URI at this run's store for one call. An embedded (SQLAlchemy or file)
+    registry resolves a ``models:/<model id>`` source through ``MlflowClient()`` -- the *global* URI, not the
+    client's (a TODO in MLflow's ``create_model_version``) -- and the delivery service serves runs of several
+    stores at once. One such call at a time; the previous URI is put back."""
+    from mlflow.tracking._tracking_service import utils
+
+    with _GLOBAL_URI:
+        previous = utils._tracking_uri
+        utils._tracking_uri = tracking_uri
+        try:
+            yield
+        finally:
+            utils._tracking_uri = previous
+
+
 def register_logged_model(sink: Any, model_id: str, name: str, description: str | None, aliases: list[str]) -> Any:
     """A registry version of ``models:/<model_id>`` (reused on replay), with ``aliases`` pointing at it."""
     client, call = sink.client, sink.client_api.call
@@ -141,8 +163,9 @@ def register_logged_model(sink: Any, model_id: str, name: str, description: str 
     # over REST a version's model_id is not returned (MLflow 3.17's proto lacks it): match on the source too
     version = next((v for v in versions if getattr(v, "model_id", None) == model_id or v.source == source), None)
     if version is None:
-        version = call(client.create_model_version, name, source, run_id=sink.run_id,
-                       description=description, model_id=model_id)
+        with store_global_uri(sink.tracking_uri):
+            version = call(client.create_model_version, name, source, run_id=sink.run_id,
+                           description=description, model_id=model_id)
     for alias in aliases:
         call(client.set_registered_model_alias, name, alias, version.version)
     return version

@@ -478,7 +478,11 @@ class MlflowSink(Sink):
         version = next((v for v in versions if v.source == source), None)
         if version is None:
             try:
-                version = self.client_api.call(client.create_model_version, name, source, run_id=self.run_id, description=rec.get("description"))
+                from lightning_dualtrack.sinks.mlflow.models import store_global_uri
+
+                with store_global_uri(self.tracking_uri):  # a models:/ source is resolved through the global URI
+                    version = self.client_api.call(client.create_model_version, name, source, run_id=self.run_id,
+                                                   description=rec.get("description"))
             except AlreadyExists:  # created by a request whose answer was lost
                 versions = self.client_api.call(client.search_model_versions, f"name='{name}' and run_id='{self.run_id}'")
                 version = next(v for v in versions if v.source == source)

@@ -42,6 +42,7 @@ def list_artifacts(client: MlflowClient, run_id: str, path: str | None = None) -
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.fresh_service  # the delivery service's W&B directories are this test's
 def test_artifact_names_cannot_escape_the_run(mlflow_server, tmp_path) -> None:
     absolute = tmp_path / "absolute_target.txt"
     names = ["../../escape.txt", str(absolute), "..\\..\\backslash.txt", "a/../../../up.txt", "/etc/dualtrack_abs.txt"]
