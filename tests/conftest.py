@@ -77,7 +77,7 @@ def _reset_mlflow_global_tracking_uri(isolated_env: Path) -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
-def _delivery_service_between_tests(request: pytest.FixtureRequest) -> Iterator[None]:
+def _delivery_service_between_tests(request: pytest.FixtureRequest, isolated_env: Path) -> Iterator[None]:
     """Each test ends the runs it left open (their backend runs ended, bounded), as the end of a training process
     would. The worker's delivery service is kept for the next test -- starting one (``import wandb``,
     ``wandb-core``) costs seconds of CPU; one whose environment differs from the next logger's is retired by the

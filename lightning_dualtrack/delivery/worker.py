@@ -524,9 +524,11 @@ class SinkWorker(threading.Thread):
                     continue
             # caught up with the journal
             self._link()
+            finished = status != "running"
+            if finished:
+                self._last_health = 0.0  # a session's end: its delivery figures as they stand, whatever the interval
             self._health()
             self._report_system()
-            finished = status != "running"
             if finished or self._parent_gone():
                 end_idle_priority()
             if finished or not self.follow or self._parent_gone():

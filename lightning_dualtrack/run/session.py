@@ -643,7 +643,9 @@ def end_all_runs(keep_service: bool = False) -> None:
         compat.hold_sigterm_in_spawned_worker()  # ddp_spawn: torch SIGTERMs a failed worker while this ends its run
     for run in list(_OPEN):
         try:
-            if keep_service:
+            if keep_service and run.finalized:
+                run.release()  # a session that ended keeps its status; its backend runs end
+            elif keep_service:
                 run.finalize(compat.exit_status(), final=True)
             elif run.journal is not None and not run.finalized:
                 run.finalize(compat.exit_status())
