@@ -36,6 +36,7 @@ MAX_RESTARTS = 3  # a service that keeps dying (e.g. at import) is not restarted
 EXIT_WAIT_S = 5.0  # at interpreter exit, the wait for the service when no run asked for more (finalize_timeout)
 _SERVICE: DeliveryService | None = None
 _SERVICE_LOCK = threading.Lock()
+_RETIRED: list[DeliveryService] = []  # retired services still finishing: polled (reaped) at the next service() call
 
 
 def service_env() -> dict[str, str]:
@@ -74,8 +75,10 @@ def service(warn: Callable[[str], None], warm: Sequence[str] = ()) -> DeliverySe
     one starts with the new environment. A service still following a run is kept."""
     global _SERVICE
     with _SERVICE_LOCK:
+        _RETIRED[:] = [s for s in _RETIRED if s.proc is not None and s.proc.poll() is None]  # reaped once exited
         if _SERVICE is not None and _SERVICE.owner == os.getpid() and _SERVICE.stale():
             _SERVICE.retire()
+            _RETIRED.append(_SERVICE)
             _SERVICE = None
         if _SERVICE is None or _SERVICE.owner != os.getpid():
             _SERVICE = DeliveryService(warn, warm)

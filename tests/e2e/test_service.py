@@ -156,7 +156,8 @@ def test_a_sweep_in_one_process_uses_one_service_and_ends_each_dropped_trials_ru
         runs.append((run_dir, run_id))
         services.add(pid)
         gc.collect()
-        children = [p for p in psutil.Process().children() if "lightning_dualtrack.delivery" in " ".join(p.cmdline())]
+        children = [p for p in psutil.Process().children()
+                    if p.status() != psutil.STATUS_ZOMBIE and "lightning_dualtrack.delivery" in " ".join(p.cmdline())]
         assert len(children) == 1, children
     assert len(services) == 1
     service = client.current()
