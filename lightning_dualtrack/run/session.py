@@ -164,7 +164,9 @@ class Run:
 
     def _make_run_dir(self) -> Path:
         root = self.config.root
-        run_dir = root / self.config.run_id
+        # absolute: a script that changes its working directory mid-run (or before its exit handler) still writes
+        # payloads into, and waits on the acks of, this run's directory
+        run_dir = (root / self.config.run_id).absolute()
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
             probe = run_dir / ".write_test"

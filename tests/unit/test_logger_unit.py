@@ -416,3 +416,26 @@ def test_register_model_without_waiting_answers_name_and_no_version(tmp_path) ->
     assert (name, version) == ("clip_har", None)
     assert records(logger, "register")[0]["name"] == "clip_har"
     assert journal_logger(tmp_path, mlflow=False).register_model("clip_har", wait=False) is None
+
+
+def test_a_working_directory_changed_mid_run_changes_nothing_of_the_run(tmp_path, monkeypatch) -> None:
+    """save_dir is relative; the script chdirs after the run started: payloads and the journal stay in the run's
+    directory, nothing is written under the new working directory."""
+    import numpy as np
+
+    from lightning_dualtrack import DualTrackLogger
+
+    monkeypatch.chdir(tmp_path)
+    logger = DualTrackLogger(save_dir="runs", deliver=False, log_system_info=False, mlflow=False, wandb=False)
+    logger.log_metrics({"a": 1.0}, step=0)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    logger.log_image(np.zeros((4, 4, 3), np.uint8), "img", step=1)
+    logger.log_metrics({"a": 2.0}, step=1)
+    logger.end_run()
+    run_dir = tmp_path / "runs" / logger.run_id
+    assert logger.run_dir == run_dir
+    assert list(elsewhere.rglob("*")) == []
+    assert any(p.suffix == ".png" for p in run_dir.rglob("*"))
+    assert sum(1 for line in (run_dir / "journal.jsonl").read_text().splitlines() if '"metrics"' in line) == 2
